@@ -1,0 +1,93 @@
+"""Carts and their line items; totals are computed here, never taken from the client."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from app.db_tx import write_transaction
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.extensions import db
+from app.models import Cart, LineItem, Order, Product
+from app.money import MAX_AMOUNT
+
+log = logging.getLogger(__name__)
+
+MAX_QUANTITY = 1000
+MAX_LINE_ITEMS = 100
+
+
+def get_cart(cart_id: str) -> Cart:
+    cart = db.session.get(Cart, cart_id)
+    if cart is None:
+        raise NotFound(f"No cart with id {cart_id!r}.")
+    return cart
+
+
+def create_cart(email: str, currency: str) -> Cart:
+    with write_transaction() as session:
+        cart = Cart(email=email, currency=currency)
+        session.add(cart)
+    log.info("cart created", extra={"cart_id": cart.id})
+    return cart
+
+
+def _editable_cart(cart_id: str) -> Cart:
+    cart = get_cart(cart_id)
+    has_order = db.session.scalar(select(Order.id).where(Order.cart_id == cart.id))
+    if cart.completed_at is not None or has_order:
+        raise Conflict("The cart was already turned into an order.", code="cart_completed")
+    return cart
+
+
+def _check_total(cart: Cart) -> None:
+    if cart.total > MAX_AMOUNT:
+        raise InvalidRequest(f"The cart total may not exceed {MAX_AMOUNT} minor units.", code="amount_too_large")
+
+
+def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
+    """Add a product, or add to the quantity of its existing line."""
+    with write_transaction() as session:
+        cart = _editable_cart(cart_id)
+        product = session.get(Product, product_id)
+        if product is None:
+            raise NotFound(f"No product with id {product_id!r}.")
+        if product.currency != cart.currency:
+            raise InvalidRequest(
+                f"The product is priced in {product.currency}, the cart in {cart.currency}.",
+                code="currency_mismatch",
+            )
+        line = next((item for item in cart.items if item.product_id == product.id), None)
+        if line is None:
+            if len(cart.items) >= MAX_LINE_ITEMS:
+                raise InvalidRequest(f"A cart holds at most {MAX_LINE_ITEMS} lines.", code="too_many_items")
+            line = LineItem(product_id=product.id, title=product.title, unit_amount=product.unit_amount, quantity=0)
+            cart.items.append(line)
+        if line.quantity + quantity > MAX_QUANTITY:
+            raise InvalidRequest(f"A line's quantity may not exceed {MAX_QUANTITY}.", code="quantity_too_large")
+        line.quantity += quantity
+        _check_total(cart)
+    return cart
+
+
+def _line(cart: Cart, line_id: str) -> LineItem:
+    line = next((item for item in cart.items if item.id == line_id), None)
+    if line is None:
+        raise NotFound(f"No line item {line_id!r} in this cart.")
+    return line
+
+
+def update_line_item(cart_id: str, line_id: str, quantity: int) -> Cart:
+    with write_transaction():
+        cart = _editable_cart(cart_id)
+        _line(cart, line_id).quantity = quantity
+        _check_total(cart)
+    return cart
+
+
+def remove_line_item(cart_id: str, line_id: str) -> Cart:
+    with write_transaction():
+        cart = _editable_cart(cart_id)
+        cart.items.remove(_line(cart, line_id))
+    return cart

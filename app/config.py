@@ -1,0 +1,89 @@
+"""Configuration, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or malformed."""
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return value
+
+
+def database_url_from_env(instance_path: str) -> str:
+    """`DATABASE_URL`, with Heroku's `postgres://` meaning PostgreSQL via psycopg 3."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        return "sqlite:///" + os.path.join(instance_path, "payments.sqlite3")
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The engine's own settings (Flask's own keys live in app.config)."""
+
+    redis_url: str | None
+    stripe_secret_key: str | None
+    stripe_webhook_secret: str | None
+    stripe_api_base: str | None
+    grace_period_seconds: int
+    fallback_capture_after_seconds: int
+    fallback_sweep_interval_seconds: int
+    stripe_max_network_retries: int
+    stripe_timeout_seconds: int
+    cors_origins: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        origins = tuple(o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            redis_url=os.environ.get("REDIS_URL") or None,
+            stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY") or None,
+            stripe_webhook_secret=os.environ.get("STRIPE_WEBHOOK_SECRET") or None,
+            stripe_api_base=os.environ.get("STRIPE_API_BASE") or None,
+            grace_period_seconds=_int("GRACE_PERIOD_SECONDS", 3600),
+            fallback_capture_after_seconds=_int("FALLBACK_CAPTURE_AFTER_SECONDS", 3900),
+            fallback_sweep_interval_seconds=_int("FALLBACK_SWEEP_INTERVAL_SECONDS", 300),
+            stripe_max_network_retries=_int("STRIPE_MAX_NETWORK_RETRIES", 2),
+            stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 20),
+            cors_origins=origins,
+        )
+
+
+def flask_config_from_env(instance_path: str) -> dict:
+    """Flask and Flask-SQLAlchemy keys derived from the environment."""
+    debug = os.environ.get("FLASK_DEBUG") == "1"
+    secret_key = os.environ.get("SECRET_KEY")
+    database_url = database_url_from_env(instance_path)
+    engine_options: dict = {"pool_pre_ping": True}
+    if database_url.startswith("sqlite"):
+        # Several processes (web, worker, listener) share the file: wait for locks.
+        engine_options = {"connect_args": {"timeout": 30}}
+    return {
+        "SECRET_KEY": secret_key,
+        "DEBUG": debug,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "JSON_SORT_KEYS": False,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": not debug,
+        "ENGINE": Settings.from_env(),
+    }

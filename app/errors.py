@@ -1,0 +1,117 @@
+"""API errors and the one JSON error shape: {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+JSON_PREFIXES = ("/store", "/webhooks", "/health", "/openapi.json")
+
+
+class ApiError(Exception):
+    """An error the client can act on, answered with its status and code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class InvalidRequest(ApiError):
+    status = 422
+    code = "invalid_request"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class PaymentRequired(ApiError):
+    status = 402
+    code = "payment_declined"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "service_unavailable"
+
+
+def error_response(status: int, code: str, message: str):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(JSON_PREFIXES)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def handle_api_error(error: ApiError):
+        log.info("request refused", extra={"status": error.status, "code": error.code, "reason": error.message})
+        return error_response(error.status, error.code, error.message)
+
+    from app.payments import errors as provider
+
+    @app.errorhandler(provider.PaymentProviderError)
+    def handle_provider_error(error: provider.PaymentProviderError):
+        if isinstance(error, provider.CardDeclined):
+            status, code = 402, "payment_declined"
+        elif isinstance(error, provider.IdempotencyConflict):
+            status, code = 409, "idempotency_conflict"
+        elif isinstance(error, provider.InvalidRequest):
+            status, code = 409, "payment_provider_refused"
+        else:  # rate limited, unavailable, misconfigured: try again later
+            status, code = 503, "payment_provider_unavailable"
+        log.warning("payment provider error", extra={"status": status, "code": code, "provider_code": error.code})
+        return error_response(status, code, f"Stripe: {error.message}")
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException):
+        if not _wants_json():
+            return error
+        status = error.code or 500
+        code = _HTTP_CODES.get(status, "error")
+        log.info("request refused", extra={"status": status, "code": code, "reason": error.description})
+        response = error_response(status, code, error.description or error.name)
+        if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error")
+        if not _wants_json():
+            return "Internal Server Error", 500
+        return error_response(500, "internal_error", "The server failed to process the request.")

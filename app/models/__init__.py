@@ -1,0 +1,42 @@
+"""All models, imported here so Flask-Migrate sees every table."""
+
+from app.models.cart import Cart, LineItem
+from app.models.catalog import Product
+from app.models.order import DisplayIdSequence, Order, OrderChange, OrderItem, OrderStatus
+from app.models.payment import (
+    CaptureAttempt,
+    Capture,
+    OrderTransaction,
+    Payment,
+    PaymentCollection,
+    PaymentSession,
+    PaymentSessionStatus,
+    PaymentStatus,
+    Refund,
+    RefundStatus,
+)
+from app.models.staff import StaffUser
+from app.models.webhook_event import WebhookEvent
+
+__all__ = [
+    "Capture",
+    "CaptureAttempt",
+    "Cart",
+    "DisplayIdSequence",
+    "LineItem",
+    "Order",
+    "OrderChange",
+    "OrderItem",
+    "OrderStatus",
+    "OrderTransaction",
+    "Payment",
+    "PaymentCollection",
+    "PaymentSession",
+    "PaymentSessionStatus",
+    "PaymentStatus",
+    "Product",
+    "Refund",
+    "RefundStatus",
+    "StaffUser",
+    "WebhookEvent",
+]

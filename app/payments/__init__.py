@@ -1,0 +1,1 @@
+"""The payment domain: Stripe gateway, order placement, capture engine, edits and refunds."""

@@ -1,0 +1,206 @@
+"""Turning an authorized PaymentIntent into an order: once per cart, whichever path comes first.
+
+`/store/carts/{id}/complete` and the `payment_intent.amount_capturable_updated` webhook both
+call `place_order`; the unique constraints on `orders.cart_id` and
+`payments.stripe_payment_intent_id` make the second caller find the first one's order.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app.db_tx import write_transaction
+from app.errors import Conflict, NotFound, PaymentRequired
+from app.extensions import db
+from app.log import current_trace_id
+from app.models import (
+    Cart,
+    DisplayIdSequence,
+    Order,
+    OrderItem,
+    Payment,
+    PaymentCollection,
+    PaymentSession,
+    PaymentSessionStatus,
+    PaymentStatus,
+)
+from app.models.base import utcnow
+from app.payments.errors import InvalidRequest as ProviderInvalidRequest
+from app.payments.stripe_gateway import PaymentIntent, get_gateway
+from app.signals import order_placed
+
+log = logging.getLogger(__name__)
+
+DISPLAY_ID_OFFSET = 1000
+
+
+class PaymentNotPlaceable(Exception):
+    """The PaymentIntent is authorized but cannot become an order (it was voided instead)."""
+
+
+def authorized_amount(intent: PaymentIntent) -> int:
+    """What the card holds for us: `amount_capturable`, or the whole amount once captured elsewhere."""
+    return intent.amount_capturable if intent.is_authorized else intent.amount
+
+
+def _order_for_payment_intent(payment_intent_id: str) -> Order | None:
+    return db.session.scalar(
+        select(Order).join(Payment, Payment.order_id == Order.id).where(
+            Payment.stripe_payment_intent_id == payment_intent_id
+        )
+    )
+
+
+def _order_for_cart(cart_id: str) -> Order | None:
+    return db.session.scalar(select(Order).where(Order.cart_id == cart_id))
+
+
+def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
+    """Release an authorization that no order will ever capture (paid twice, stale amount)."""
+    log.warning("voiding authorization that cannot become an order", extra={"payment_intent_id": intent.id, "why": why})
+    try:
+        get_gateway().cancel_payment_intent(intent.id, idempotency_key=f"void-unplaceable:{intent.id}", reason="duplicate")
+    except ProviderInvalidRequest as exc:
+        log.warning("void refused by Stripe", extra={"payment_intent_id": intent.id, "error": exc.message})
+    with write_transaction() as session:
+        row = session.scalar(select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id))
+        if row is not None:
+            row.status = PaymentSessionStatus.CANCELED
+            row.last_error = why
+
+
+def place_order(intent: PaymentIntent) -> Order:
+    """The order for this authorized PaymentIntent, created if it does not exist yet."""
+    existing = _order_for_payment_intent(intent.id)
+    if existing is not None:
+        return existing
+    cart_id = intent.metadata.get("cart_id")
+    cart = db.session.get(Cart, cart_id) if cart_id else None
+    if cart is None:
+        raise NotFound(f"PaymentIntent {intent.id} names no known cart.")
+    if intent.status not in ("requires_capture", "succeeded"):
+        raise Conflict("The payment is not authorized yet.", code="payment_not_authorized")
+
+    other = _order_for_cart(cart.id)
+    if other is not None:
+        _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
+        raise PaymentNotPlaceable("the cart was already paid")
+    if intent.currency != cart.currency or authorized_amount(intent) < cart.total:
+        _void_unplaceable(intent, f"authorized {authorized_amount(intent)} {intent.currency} for a cart now at {cart.total} {cart.currency}")
+        raise PaymentNotPlaceable("the cart changed after this payment was authorized")
+
+    try:
+        order = _create_order(cart.id, intent)
+    except IntegrityError:
+        # The other path (webhook or /complete) committed first: use its order.
+        db.session.rollback()
+        order = _order_for_payment_intent(intent.id)
+        if order is None:
+            other = _order_for_cart(cart.id)
+            if other is None:
+                raise
+            _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
+            raise PaymentNotPlaceable("the cart was already paid") from None
+        return order
+
+    log.info("order placed", extra={"order_id": order.id, "cart_id": cart.id, "payment_intent_id": intent.id})
+    # Only now, after the commit, may subscribers (capture intents, emails) act on it.
+    order_placed.send(current_app._get_current_object(), order_id=order.id, trace_id=current_trace_id())
+    return order
+
+
+def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
+    """Order, items, collection, session and payment in one transaction."""
+    settings = current_app.config["ENGINE"]
+    with write_transaction() as session:
+        cart = session.get(Cart, cart_id)
+        now = utcnow()
+        sequence = DisplayIdSequence()
+        session.add(sequence)
+        session.flush()
+        order = Order(
+            display_id=DISPLAY_ID_OFFSET + sequence.id,
+            cart_id=cart.id,
+            email=cart.email,
+            currency=cart.currency,
+            total=cart.total,
+            grace_period_ends_at=now + timedelta(seconds=settings.grace_period_seconds),
+            trace_id=current_trace_id(),
+            created_at=now,
+        )
+        order.items = [
+            OrderItem(
+                product_id=line.product_id,
+                title=line.title,
+                unit_amount=line.unit_amount,
+                quantity=line.quantity,
+                position=position,
+            )
+            for position, line in enumerate(cart.items)
+        ]
+        session.add(order)
+        collection = session.scalar(select(PaymentCollection).where(PaymentCollection.cart_id == cart.id))
+        if collection is None:
+            collection = PaymentCollection(cart_id=cart.id, currency=cart.currency, amount=cart.total)
+            session.add(collection)
+        collection.order = order
+        collection.amount = cart.total
+        payment_session = session.scalar(
+            select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id)
+        )
+        if payment_session is None:
+            payment_session = PaymentSession(
+                payment_collection=collection,
+                stripe_payment_intent_id=intent.id,
+                idempotency_key="",
+                amount=intent.amount,
+                currency=intent.currency,
+            )
+            session.add(payment_session)
+        payment_session.status = PaymentSessionStatus.AUTHORIZED
+        session.flush()
+        session.add(
+            Payment(
+                payment_collection=collection,
+                payment_session_id=payment_session.id,
+                order_id=order.id,
+                stripe_payment_intent_id=intent.id,
+                stripe_charge_id=intent.latest_charge,
+                currency=intent.currency,
+                amount=authorized_amount(intent),
+                status=PaymentStatus.AUTHORIZED,
+                authorized_at=now,
+                capture_due_at=order.grace_period_ends_at,
+            )
+        )
+        cart.completed_at = now
+    return order
+
+
+def complete_cart(cart_id: str) -> Order:
+    """`POST /store/carts/{id}/complete`: the cart's order once Stripe says the payment is authorized."""
+    cart = db.session.get(Cart, cart_id)
+    if cart is None:
+        raise NotFound(f"No cart with id {cart_id!r}.")
+    order = _order_for_cart(cart.id)
+    if order is not None:
+        return order
+    if not cart.payment_intent_id:
+        raise Conflict("The cart has no payment yet; create a payment intent first.", code="payment_not_authorized")
+    intent = get_gateway().retrieve_payment_intent(cart.payment_intent_id)
+    if intent.is_authorized:
+        try:
+            return place_order(intent)
+        except PaymentNotPlaceable as exc:
+            raise Conflict(f"The payment cannot be used: {exc}. Pay again.", code="payment_not_placeable") from None
+    if intent.status == "requires_payment_method" and intent.last_error_message:
+        reason = intent.last_error_decline_code or intent.last_error_code or "declined"
+        raise PaymentRequired(f"The payment failed ({reason}): {intent.last_error_message}", code="payment_declined")
+    raise Conflict(
+        f"The payment is not authorized yet (PaymentIntent status {intent.status}).", code="payment_not_authorized"
+    )

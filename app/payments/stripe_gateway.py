@@ -1,0 +1,309 @@
+"""The only module that imports `stripe`: plain data classes in, plain data classes out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+from flask import Flask, current_app
+
+from app.payments.errors import (
+    CardDeclined,
+    IdempotencyConflict,
+    InvalidRequest,
+    PaymentProviderError,
+    ProviderMisconfigured,
+    ProviderUnavailable,
+    RateLimited,
+    ResourceMissing,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PaymentIntent:
+    id: str
+    status: str
+    amount: int
+    amount_capturable: int
+    amount_received: int
+    currency: str
+    client_secret: str | None
+    latest_charge: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    cancellation_reason: str | None = None
+    last_error_code: str | None = None
+    last_error_decline_code: str | None = None
+    last_error_message: str | None = None
+
+    @property
+    def is_authorized(self) -> bool:
+        return self.status == "requires_capture"
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: str
+    payment_intent: str | None
+    charge: str | None
+    amount: int
+    currency: str
+    status: str
+    reason: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Charge:
+    id: str
+    payment_intent: str | None
+    amount: int
+    amount_captured: int
+    amount_refunded: int
+    currency: str
+    captured: bool
+    refunded: bool
+
+
+def _plain(obj: Any) -> Any:
+    """A StripeObject as plain dicts and lists (event payloads already are)."""
+    return obj.to_dict() if hasattr(obj, "to_dict") else obj
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    try:
+        value = obj[key]
+    except (KeyError, TypeError):
+        return default
+    return default if value is None else value
+
+
+def _metadata(obj: Any) -> dict[str, str]:
+    meta = _get(obj, "metadata", {}) or {}
+    return {str(k): str(v) for k, v in dict(meta).items()}
+
+
+def payment_intent_from(obj: Any) -> PaymentIntent:
+    """A PaymentIntent from a Stripe object or an event's `data.object` dict."""
+    obj = _plain(obj)
+    error = _get(obj, "last_payment_error") or {}
+    charge = _get(obj, "latest_charge")
+    if not isinstance(charge, str) and charge is not None:
+        charge = _get(charge, "id")
+    return PaymentIntent(
+        id=obj["id"],
+        status=obj["status"],
+        amount=int(_get(obj, "amount", 0)),
+        amount_capturable=int(_get(obj, "amount_capturable", 0)),
+        amount_received=int(_get(obj, "amount_received", 0)),
+        currency=obj["currency"],
+        client_secret=_get(obj, "client_secret"),
+        latest_charge=charge,
+        metadata=_metadata(obj),
+        cancellation_reason=_get(obj, "cancellation_reason"),
+        last_error_code=_get(error, "code"),
+        last_error_decline_code=_get(error, "decline_code"),
+        last_error_message=_get(error, "message"),
+    )
+
+
+def refund_from(obj: Any) -> Refund:
+    obj = _plain(obj)
+    return Refund(
+        id=obj["id"],
+        payment_intent=_get(obj, "payment_intent"),
+        charge=_get(obj, "charge"),
+        amount=int(obj["amount"]),
+        currency=obj["currency"],
+        status=_get(obj, "status", "pending"),
+        reason=_get(obj, "reason"),
+        metadata=_metadata(obj),
+    )
+
+
+def charge_from(obj: Any) -> Charge:
+    obj = _plain(obj)
+    return Charge(
+        id=obj["id"],
+        payment_intent=_get(obj, "payment_intent"),
+        amount=int(_get(obj, "amount", 0)),
+        amount_captured=int(_get(obj, "amount_captured", 0)),
+        amount_refunded=int(_get(obj, "amount_refunded", 0)),
+        currency=obj["currency"],
+        captured=bool(_get(obj, "captured", False)),
+        refunded=bool(_get(obj, "refunded", False)),
+    )
+
+
+def _translate(exc: stripe.StripeError) -> PaymentProviderError:
+    """Stripe's exception classes → the project's own."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None) if error is not None else None
+    message = getattr(exc, "user_message", None) or str(exc)
+    status = getattr(exc, "http_status", None)
+    if isinstance(exc, stripe.CardError):
+        return CardDeclined(message, code=code, decline_code=getattr(error, "decline_code", None), http_status=status)
+    if isinstance(exc, stripe.RateLimitError):
+        return RateLimited(message, code=code or "rate_limit", http_status=status)
+    if isinstance(exc, stripe.IdempotencyError):
+        return IdempotencyConflict(message, code=code or "idempotency_error", http_status=status)
+    if isinstance(exc, stripe.InvalidRequestError):
+        if status == 404 or code == "resource_missing":
+            return ResourceMissing(message, code=code, param=getattr(exc, "param", None), http_status=status)
+        return InvalidRequest(message, code=code, param=getattr(exc, "param", None), http_status=status)
+    if isinstance(exc, (stripe.AuthenticationError, stripe.PermissionError)):
+        return ProviderMisconfigured(message, code=code, http_status=status)
+    if isinstance(exc, (stripe.APIConnectionError, stripe.APIError)):
+        return ProviderUnavailable(message, code=code, http_status=status)
+    return PaymentProviderError(message, code=code, http_status=status)
+
+
+class StripeGateway:
+    """The Stripe calls the engine makes; every write takes the caller's idempotency key."""
+
+    def __init__(self, api_key: str, *, api_base: str | None, max_network_retries: int, timeout: int):
+        http_client = stripe.RequestsClient(timeout=timeout)
+        base_addresses = {"api": api_base} if api_base else None
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses=base_addresses,
+            max_network_retries=max_network_retries,
+            http_client=http_client,
+        )
+
+    def _call(self, description: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except stripe.StripeError as exc:
+            translated = _translate(exc)
+            log.info(
+                "stripe call failed",
+                extra={"call": description, "error_type": type(translated).__name__, "code": translated.code},
+            )
+            raise translated from exc
+
+    def create_payment_intent(
+        self, *, amount: int, currency: str, cart_id: str, idempotency_key: str
+    ) -> PaymentIntent:
+        params = {
+            "amount": amount,
+            "currency": currency,
+            "capture_method": "manual",
+            "metadata": {"cart_id": cart_id},
+            "payment_method_options": {"card": {"request_incremental_authorization": "if_available"}},
+        }
+        obj = self._call(
+            "payment_intents.create",
+            self._client.v1.payment_intents.create,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+        return payment_intent_from(obj)
+
+    def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntent:
+        obj = self._call("payment_intents.retrieve", self._client.v1.payment_intents.retrieve, payment_intent_id)
+        return payment_intent_from(obj)
+
+    def cancel_payment_intent(
+        self, payment_intent_id: str, *, idempotency_key: str, reason: str | None = None
+    ) -> PaymentIntent:
+        params = {"cancellation_reason": reason} if reason else {}
+        obj = self._call(
+            "payment_intents.cancel",
+            self._client.v1.payment_intents.cancel,
+            payment_intent_id,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+        return payment_intent_from(obj)
+
+    def capture_payment_intent(
+        self, payment_intent_id: str, *, amount_to_capture: int, idempotency_key: str
+    ) -> PaymentIntent:
+        obj = self._call(
+            "payment_intents.capture",
+            self._client.v1.payment_intents.capture,
+            payment_intent_id,
+            params={"amount_to_capture": amount_to_capture},
+            options={"idempotency_key": idempotency_key},
+        )
+        return payment_intent_from(obj)
+
+    def increment_authorization(self, payment_intent_id: str, *, amount: int, idempotency_key: str) -> PaymentIntent:
+        obj = self._call(
+            "payment_intents.increment_authorization",
+            self._client.v1.payment_intents.increment_authorization,
+            payment_intent_id,
+            params={"amount": amount},
+            options={"idempotency_key": idempotency_key},
+        )
+        return payment_intent_from(obj)
+
+    def create_refund(
+        self, *, payment_intent_id: str, amount: int, idempotency_key: str, metadata: dict[str, str] | None = None
+    ) -> Refund:
+        params: dict[str, Any] = {"payment_intent": payment_intent_id, "amount": amount}
+        if metadata:
+            params["metadata"] = metadata
+        obj = self._call(
+            "refunds.create",
+            self._client.v1.refunds.create,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+        return refund_from(obj)
+
+    def list_refunds(self, payment_intent_id: str) -> list[Refund]:
+        page = self._call(
+            "refunds.list",
+            self._client.v1.refunds.list,
+            params={"payment_intent": payment_intent_id, "limit": 100},
+        )
+        return [refund_from(obj) for obj in page.data]
+
+    def retrieve_charge(self, charge_id: str) -> Charge:
+        obj = self._call("charges.retrieve", self._client.v1.charges.retrieve, charge_id)
+        return charge_from(obj)
+
+
+class WebhookSignatureError(Exception):
+    """The payload's `Stripe-Signature` is missing, wrong or too old."""
+
+
+def verify_webhook(payload: bytes, signature_header: str | None, secret: str, tolerance: int = 300) -> dict:
+    """Verify Stripe's signature over the raw body, then parse it; raises WebhookSignatureError."""
+    if not signature_header:
+        raise WebhookSignatureError("missing Stripe-Signature header")
+    try:
+        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature_header, secret, tolerance)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        raise WebhookSignatureError(str(exc)) from exc
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise ValueError("the signed payload is not JSON") from exc
+    return event
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["ENGINE"]
+    gateway = None
+    if settings.stripe_secret_key:
+        gateway = StripeGateway(
+            settings.stripe_secret_key,
+            api_base=settings.stripe_api_base,
+            max_network_retries=settings.stripe_max_network_retries,
+            timeout=settings.stripe_timeout_seconds,
+        )
+    app.extensions["stripe_gateway"] = gateway
+
+
+def get_gateway() -> StripeGateway:
+    gateway = current_app.extensions.get("stripe_gateway")
+    if gateway is None:
+        raise ProviderMisconfigured("STRIPE_SECRET_KEY is not configured")
+    return gateway

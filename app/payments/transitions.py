@@ -1,0 +1,158 @@
+"""Every state change of a payment, each one a compare-and-set on `payments.status`.
+
+A transition is an `UPDATE payments SET status = :to ... WHERE id = :id AND status IN (:from)`;
+it reports whether it won. Two processes racing for the same transition: exactly one
+sees `True`. Callers run these inside `write_transaction()` so that the rows that go with a
+transition (Capture, OrderTransaction, the order's status) commit with it or not at all.
+
+    authorized ──claim──▶ capturing ──▶ captured ──refunds──▶ (refunded_amount grows)
+        ▲  │                 │  │
+        │  └──release◀───────┘  └──▶ capture_failed ──retry──▶ capturing
+        │
+        └─ begin_cancel ▶ canceling ──▶ canceled  (also: Stripe reports it canceled)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+from sqlalchemy import update
+
+from app.extensions import db
+from app.models import Capture, Order, OrderStatus, OrderTransaction, Payment, PaymentStatus
+from app.models.base import utcnow
+
+S = PaymentStatus
+
+
+def _compare_and_set(payment_id: str, expected: Iterable[str], new_status: str, **values) -> bool:
+    statement = (
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status.in_(tuple(expected)))
+        .values(status=new_status, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    won = db.session.execute(statement).rowcount == 1
+    if won:
+        db.session.expire_all()  # later reads in this transaction see the new row
+    return won
+
+
+def claim_for_capture(payment_id: str, now: datetime, *, allow_failed: bool = False) -> bool:
+    """authorized (or capture_failed, for a deliberate retry) → capturing, only once the grace period is over."""
+    expected = (S.AUTHORIZED, S.CAPTURE_FAILED) if allow_failed else (S.AUTHORIZED,)
+    statement = (
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status.in_(expected), Payment.capture_due_at <= now)
+        .values(
+            status=S.CAPTURING,
+            capture_claimed_at=now,
+            capture_attempts=Payment.capture_attempts + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    won = db.session.execute(statement).rowcount == 1
+    if won:
+        db.session.expire_all()
+    return won
+
+
+def release_capture_claim(payment_id: str, error: str | None = None) -> bool:
+    """capturing → authorized: the attempt ended without an outcome; a retry will claim it again."""
+    return _compare_and_set(payment_id, (S.CAPTURING,), S.AUTHORIZED, capture_claimed_at=None, last_capture_error=error)
+
+
+def mark_capture_failed(payment_id: str, error: str) -> bool:
+    """capturing → capture_failed: Stripe refused; visible on the dashboard, retryable by staff."""
+    return _compare_and_set(payment_id, (S.CAPTURING,), S.CAPTURE_FAILED, last_capture_error=error)
+
+
+def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: str | None, charge_id: str | None = None) -> bool:
+    """→ captured, with its Capture and OrderTransaction rows and the order completed; False if already captured.
+
+    Accepted from any open state: Stripe's word that the money was captured (the job's
+    answer, a reconcile, or a `payment_intent.succeeded` for a capture made elsewhere) wins.
+    """
+    now = utcnow()
+    values = {"captured_amount": amount, "captured_at": now, "last_capture_error": None}
+    if charge_id:
+        values["stripe_charge_id"] = charge_id
+    if not _compare_and_set(payment_id, S.OPEN, S.CAPTURED, **values):
+        return False
+    payment = db.session.get(Payment, payment_id)
+    capture = Capture(payment_id=payment_id, amount=amount, created_by=created_by, trace_id=trace_id, created_at=now)
+    db.session.add(capture)
+    db.session.flush()
+    db.session.add(
+        OrderTransaction(
+            order_id=payment.order_id,
+            amount=amount,
+            currency=payment.currency,
+            reference="capture",
+            reference_id=capture.id,
+            created_at=now,
+        )
+    )
+    db.session.execute(
+        update(Order)
+        .where(Order.id == payment.order_id, Order.status == OrderStatus.PENDING)
+        .values(status=OrderStatus.COMPLETED, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return True
+
+
+def begin_cancel(payment_id: str) -> bool:
+    """authorized → canceling: from here on no capture can claim the payment."""
+    return _compare_and_set(payment_id, (S.AUTHORIZED, S.CAPTURE_FAILED), S.CANCELING)
+
+
+def abort_cancel(payment_id: str) -> bool:
+    """canceling → authorized: Stripe could not void it; the payment is capturable again."""
+    return _compare_and_set(payment_id, (S.CANCELING,), S.AUTHORIZED)
+
+
+def record_canceled(payment_id: str, reason: str | None) -> bool:
+    """→ canceled (voided by us, or expired/canceled at Stripe), and the order canceled with it."""
+    now = utcnow()
+    if not _compare_and_set(payment_id, S.OPEN, S.CANCELED, canceled_at=now, cancellation_reason=reason):
+        return False
+    payment = db.session.get(Payment, payment_id)
+    db.session.execute(
+        update(Order)
+        .where(Order.id == payment.order_id, Order.status == OrderStatus.PENDING)
+        .values(status=OrderStatus.CANCELED, canceled_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return True
+
+
+def reserve_refund(payment_id: str, amount: int) -> bool:
+    """refunded_amount += amount, only if that stays within what was captured."""
+    statement = (
+        update(Payment)
+        .where(
+            Payment.id == payment_id,
+            Payment.status == S.CAPTURED,
+            Payment.captured_amount - Payment.refunded_amount >= amount,
+        )
+        .values(refunded_amount=Payment.refunded_amount + amount, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    won = db.session.execute(statement).rowcount == 1
+    if won:
+        db.session.expire_all()
+    return won
+
+
+def release_refund(payment_id: str, amount: int) -> None:
+    """Give back a reservation whose refund Stripe refused."""
+    db.session.execute(
+        update(Payment)
+        .where(Payment.id == payment_id)
+        .values(refunded_amount=Payment.refunded_amount - amount, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    db.session.expire_all()

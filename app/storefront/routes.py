@@ -1,0 +1,112 @@
+"""Thin views: parse, call the domain, serialize."""
+
+from __future__ import annotations
+
+from flask import jsonify
+from sqlalchemy import select
+
+from app import carts
+from app.carts import MAX_QUANTITY
+from app.errors import NotFound
+from app.extensions import db
+from app.models import Order, Product
+from app.payments.payment_intents import ensure_payment_intent
+from app.payments.placement import complete_cart
+from app.presenters import cart_json, order_json
+from app.storefront import bp
+from app.storefront.validation import currency, email, id_string, json_body, positive_int, reject_unknown
+
+
+@bp.get("/products")
+def list_products():
+    """Every product for sale."""
+    products = db.session.scalars(select(Product).order_by(Product.currency, Product.title)).all()
+    return jsonify(
+        {
+            "products": [
+                {
+                    "id": p.id,
+                    "title": p.title,
+                    "description": p.description,
+                    "unit_amount": p.unit_amount,
+                    "currency": p.currency,
+                }
+                for p in products
+            ]
+        }
+    )
+
+
+@bp.post("/carts")
+def create_cart():
+    """Open a cart for an email address in one currency."""
+    data = json_body()
+    reject_unknown(data, {"email", "currency"})
+    cart = carts.create_cart(email(data), currency(data))
+    return jsonify({"cart": cart_json(cart)}), 201
+
+
+@bp.get("/carts/<cart_id>")
+def get_cart(cart_id: str):
+    """A cart with its items and server-computed total."""
+    return jsonify({"cart": cart_json(carts.get_cart(cart_id))})
+
+
+@bp.post("/carts/<cart_id>/line-items")
+def add_line_item(cart_id: str):
+    """Add a product (or more of it) to the cart."""
+    carts.get_cart(cart_id)
+    data = json_body()
+    reject_unknown(data, {"product_id", "quantity"})
+    product_id = id_string(data, "product_id", "prod")
+    quantity = positive_int(data, "quantity", MAX_QUANTITY)
+    return jsonify({"cart": cart_json(carts.add_line_item(cart_id, product_id, quantity))})
+
+
+@bp.post("/carts/<cart_id>/line-items/<line_id>")
+def update_line_item(cart_id: str, line_id: str):
+    """Set a line's quantity."""
+    carts.get_cart(cart_id)
+    data = json_body()
+    reject_unknown(data, {"quantity"})
+    quantity = positive_int(data, "quantity", MAX_QUANTITY)
+    return jsonify({"cart": cart_json(carts.update_line_item(cart_id, line_id, quantity))})
+
+
+@bp.delete("/carts/<cart_id>/line-items/<line_id>")
+def remove_line_item(cart_id: str, line_id: str):
+    """Remove a line from the cart."""
+    return jsonify({"cart": cart_json(carts.remove_line_item(cart_id, line_id))})
+
+
+@bp.post("/carts/<cart_id>/payment-intent")
+def create_payment_intent(cart_id: str):
+    """The cart's PaymentIntent for its current total (the same one until the total changes)."""
+    intent = ensure_payment_intent(cart_id)
+    return jsonify(
+        {
+            "payment_intent": {
+                "id": intent.id,
+                "client_secret": intent.client_secret,
+                "amount": intent.amount,
+                "currency": intent.currency,
+                "status": intent.status,
+            }
+        }
+    )
+
+
+@bp.post("/carts/<cart_id>/complete")
+def complete(cart_id: str):
+    """Turn the cart into an order once its payment is authorized; the same order every time."""
+    order = complete_cart(cart_id)
+    return jsonify({"order": order_json(order)})
+
+
+@bp.get("/orders/<order_id>")
+def get_order(order_id: str):
+    """An order with its payment, grace period and capture status."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise NotFound(f"No order with id {order_id!r}.")
+    return jsonify({"order": order_json(order)})

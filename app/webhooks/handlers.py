@@ -1,0 +1,76 @@
+"""One handler per Stripe event type acted on; each retrieves the object's current state first."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from app.payments.placement import PaymentNotPlaceable, place_order
+from app.payments.reconcile import apply_canceled, apply_captured, payment_for_intent, sync_refunds, sync_session
+from app.payments.stripe_gateway import get_gateway
+
+log = logging.getLogger(__name__)
+
+
+def _object_id(event: dict) -> str:
+    return event["data"]["object"]["id"]
+
+
+def _place_if_authorized(payment_intent_id: str) -> None:
+    """The PaymentIntent as Stripe has it now decides: authorized (or already captured) → an order."""
+    intent = get_gateway().retrieve_payment_intent(payment_intent_id)
+    sync_session(intent)
+    if intent.status not in ("requires_capture", "succeeded"):
+        log.info("payment intent not authorized now; nothing to place", extra={"payment_intent_id": intent.id, "status": intent.status})
+        return
+    try:
+        place_order(intent)
+    except PaymentNotPlaceable as exc:
+        log.warning("authorized payment not placed", extra={"payment_intent_id": intent.id, "reason": str(exc)})
+        return
+    if intent.status == "succeeded":
+        payment = payment_for_intent(intent.id)
+        apply_captured(payment.id, intent, created_by="stripe")
+
+
+def on_amount_capturable_updated(event: dict) -> None:
+    """Order placed (the same idempotent placement as /complete)."""
+    _place_if_authorized(_object_id(event))
+
+
+def on_payment_intent_succeeded(event: dict) -> None:
+    """Captured, perhaps outside the engine (Stripe's dashboard): recorded once."""
+    _place_if_authorized(_object_id(event))
+
+
+def on_payment_intent_canceled(event: dict) -> None:
+    """Voided or expired: the payment and its order are canceled."""
+    intent = get_gateway().retrieve_payment_intent(_object_id(event))
+    sync_session(intent)
+    payment = payment_for_intent(intent.id)
+    if payment is not None and intent.status == "canceled":
+        apply_canceled(payment, intent)
+
+
+def on_payment_failed(event: dict) -> None:
+    """A declined attempt: kept on the cart's payment session with Stripe's reason."""
+    sync_session(get_gateway().retrieve_payment_intent(_object_id(event)))
+
+
+def on_charge_refunded(event: dict) -> None:
+    """Refunds (ours or made in Stripe's dashboard): one Refund row per Stripe refund id."""
+    payment_intent_id = event["data"]["object"].get("payment_intent")
+    payment = payment_for_intent(payment_intent_id) if payment_intent_id else None
+    if payment is None:
+        log.warning("refund for an unknown payment", extra={"payment_intent_id": payment_intent_id})
+        return
+    sync_refunds(payment)
+
+
+HANDLERS: dict[str, Callable[[dict], None]] = {
+    "payment_intent.amount_capturable_updated": on_amount_capturable_updated,
+    "payment_intent.succeeded": on_payment_intent_succeeded,
+    "payment_intent.canceled": on_payment_intent_canceled,
+    "payment_intent.payment_failed": on_payment_failed,
+    "charge.refunded": on_charge_refunded,
+}

