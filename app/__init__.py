@@ -62,9 +62,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     order_placed.connect(on_order_placed, sender=app, weak=False)
 
-    from app import cli
+    from app import cli, engine_cli
 
     cli.init_app(app)
+    engine_cli.init_app(app)
     return app
 
 

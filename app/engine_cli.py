@@ -1,0 +1,96 @@
+"""The engine's processes and tools: `flask worker`, `flask scheduler`, `flask capture-listener`, `flask sweep`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from datetime import datetime, timezone
+
+import click
+from flask import Flask, current_app
+
+log = logging.getLogger(__name__)
+
+SWEEP_JOB_ID = "periodic:fallback-sweep"
+
+
+def register_periodic_sweep(scheduler, interval: int) -> bool:
+    """Schedule the sweep under a stable id; a restart or a second scheduler never adds a second one.
+
+    Returns True when the schedule was (re)created. An existing schedule with another interval
+    is replaced, so changing FALLBACK_SWEEP_INTERVAL_SECONDS takes effect on restart.
+    """
+    from app.jobs import sweep_job
+
+    for job in scheduler.get_jobs():
+        if job.id == SWEEP_JOB_ID:
+            if job.meta.get("interval") == interval:
+                return False
+            scheduler.cancel(job)
+            job.delete()
+    scheduler.schedule(
+        scheduled_time=datetime.now(timezone.utc),
+        func=sweep_job,
+        interval=interval,
+        repeat=None,
+        id=SWEEP_JOB_ID,
+        queue_name="default",
+        timeout=600,
+        result_ttl=interval * 2,
+        meta={"interval": interval},
+    )
+    return True
+
+
+def init_app(app: Flask) -> None:
+    @app.cli.command("capture-listener")
+    def capture_listener_command() -> None:
+        """Enqueue captures on capture-intent expiry (the `listener` process)."""
+        from app.payments.listener import CaptureListener
+
+        listener = CaptureListener(current_app._get_current_object())
+
+        def stop(signum, frame):
+            log.info("listener stopping", extra={"signal": signum})
+            listener.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        listener.run()
+
+    @app.cli.command("sweep")
+    def sweep_command() -> None:
+        """Run one fallback sweep now; prints how many captures it enqueued."""
+        from app.payments.sweep import sweep
+
+        result = sweep()
+        click.echo(
+            f"enqueued {result.enqueued} capture(s) "
+            f"(recovered {result.recovered} stuck, re-armed {result.rearmed} grace period(s))"
+        )
+
+    @app.cli.command("worker")
+    @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+    def worker_command(burst: bool) -> None:
+        """Run an RQ worker for the capture and default queues (the `worker` process)."""
+        from rq import SimpleWorker
+
+        from app.queues import QUEUE_NAMES, queue
+
+        connection = current_app.extensions["redis"]
+        # SimpleWorker: no fork per job, so captures drain fast; SIGTERM still finishes the current job.
+        worker = SimpleWorker([queue(name) for name in QUEUE_NAMES], connection=connection)
+        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+
+    @app.cli.command("scheduler")
+    @click.option("--burst", is_flag=True, help="Enqueue what is due once, then stop.")
+    def scheduler_command(burst: bool) -> None:
+        """Run rq-scheduler with the periodic fallback sweep (the `scheduler` process)."""
+        from rq_scheduler import Scheduler
+
+        settings = current_app.config["ENGINE"]
+        scheduler = Scheduler(queue_name="default", connection=current_app.extensions["redis"], interval=5)
+        if register_periodic_sweep(scheduler, settings.fallback_sweep_interval_seconds):
+            log.info("fallback sweep scheduled", extra={"interval": settings.fallback_sweep_interval_seconds})
+        # rq-scheduler holds a lock in Redis: a second copy waits instead of enqueuing twice.
+        scheduler.run(burst=burst)

@@ -1,0 +1,181 @@
+"""Capturing an order's payment: exactly once, for the order's final total, never before its deadline.
+
+Three phases, each its own transaction, with Stripe in between (Brandur Leach's
+"atomic phases"): claim the payment (authorized → capturing), call Stripe with the
+idempotency key `capture:{payment_id}`, record the outcome. A crash between the phases
+leaves the payment `capturing`; the sweep releases such stale claims and the retry uses
+the same key, so Stripe answers with the first capture instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+from sqlalchemy import select
+
+from app.db_tx import write_transaction
+from app.extensions import db
+from app.log import current_trace_id
+from app.models import CaptureAttempt, Order, Payment, PaymentStatus
+from app.models.base import utcnow
+from app.payments import transitions
+from app.payments.capture_intents import service_for
+from app.payments.errors import (
+    CardDeclined,
+    IdempotencyConflict,
+    InvalidRequest,
+    PaymentProviderError,
+    ProviderMisconfigured,
+    RateLimited,
+    ProviderUnavailable,
+)
+from app.payments.reconcile import apply_canceled, apply_captured, remove_capture_intent
+from app.payments.stripe_gateway import PaymentIntent, get_gateway
+
+log = logging.getLogger(__name__)
+
+
+class CaptureOutcome:
+    CAPTURED = "captured"
+    RECONCILED = "reconciled"  # Stripe had already captured it: recorded, no second capture
+    ALREADY_CAPTURED = "already_captured"
+    NOT_DUE = "not_due"
+    NOT_CAPTURABLE = "not_capturable"  # canceled, being canceled, or another job holds the claim
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class CaptureRetryLater(Exception):
+    """Stripe was rate limiting or unreachable; RQ retries the job and its same idempotency key."""
+
+
+def capture_idempotency_key(payment_id: str) -> str:
+    return f"capture:{payment_id}"
+
+
+def payment_for_order(order_id: str) -> Payment | None:
+    return db.session.scalar(
+        select(Payment).where(Payment.order_id == order_id).order_by(Payment.created_at.desc()).limit(1)
+    )
+
+
+def _record_attempt(payment: Payment, outcome: str, amount: int, trigger: str, error: str | None = None) -> None:
+    with write_transaction() as session:
+        session.add(
+            CaptureAttempt(
+                payment_id=payment.id,
+                outcome=outcome,
+                amount=amount,
+                error=error,
+                trigger=trigger,
+                trace_id=current_trace_id(),
+            )
+        )
+
+
+def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, actor: str = "engine") -> str:
+    """Capture the order's payment if (and only if) it is due and still authorized; returns the outcome."""
+    payment = payment_for_order(order_id)
+    if payment is None:
+        log.warning("capture requested for an order without payment", extra={"order_id": order_id})
+        return CaptureOutcome.NOT_CAPTURABLE
+    if payment.status == PaymentStatus.CAPTURED:
+        return CaptureOutcome.ALREADY_CAPTURED
+    now = utcnow()
+    if payment.capture_due_at > now:
+        _rearm(order_id, payment)
+        log.info("capture refused: grace period still running", extra={"order_id": order_id, "due_at": payment.capture_due_at.isoformat()})
+        return CaptureOutcome.NOT_DUE
+
+    with write_transaction():
+        claimed = transitions.claim_for_capture(payment.id, now, allow_failed=allow_failed)
+    if not claimed:
+        log.info("capture not claimed", extra={"order_id": order_id, "payment_status": payment.status})
+        return CaptureOutcome.NOT_CAPTURABLE
+
+    # Read after the claim: no edit can change the total once the payment is `capturing`.
+    payment = db.session.get(Payment, payment.id)
+    order = db.session.get(Order, order_id)
+    amount = order.total
+    gateway = get_gateway()
+    try:
+        intent = gateway.capture_payment_intent(
+            payment.stripe_payment_intent_id,
+            amount_to_capture=amount,
+            idempotency_key=capture_idempotency_key(payment.id),
+        )
+    except (RateLimited, ProviderUnavailable) as exc:
+        return _after_ambiguous_failure(payment, amount, trigger, exc)
+    except (CardDeclined, InvalidRequest, IdempotencyConflict) as exc:
+        return _after_refusal(payment, amount, trigger, exc)
+    except (ProviderMisconfigured, PaymentProviderError) as exc:
+        return _after_ambiguous_failure(payment, amount, trigger, exc)
+
+    return _settle(payment, intent, amount, trigger, actor)
+
+
+def _settle(payment: Payment, intent: PaymentIntent, amount: int, trigger: str, actor: str) -> str:
+    """Record what Stripe says the PaymentIntent is now."""
+    order_id = payment.order_id
+    if intent.status == "succeeded":
+        recorded = apply_captured(payment.id, intent, created_by=actor)
+        outcome = CaptureOutcome.CAPTURED if recorded else CaptureOutcome.ALREADY_CAPTURED
+        _record_attempt(payment, "succeeded" if recorded else "reconciled", intent.amount_received, trigger)
+        remove_capture_intent(order_id)
+        log.info("payment captured", extra={"order_id": order_id, "payment_id": payment.id, "amount": intent.amount_received})
+        return outcome
+    if intent.status == "canceled":
+        apply_canceled(payment, intent)
+        _record_attempt(payment, "canceled", amount, trigger, error=f"authorization {intent.cancellation_reason or 'canceled'}")
+        return CaptureOutcome.CANCELED
+    error = f"PaymentIntent is {intent.status} after capture"
+    with write_transaction():
+        transitions.mark_capture_failed(payment.id, error)
+    _record_attempt(payment, "failed", amount, trigger, error=error)
+    return CaptureOutcome.FAILED
+
+
+def _current_intent(payment: Payment) -> PaymentIntent | None:
+    try:
+        return get_gateway().retrieve_payment_intent(payment.stripe_payment_intent_id)
+    except PaymentProviderError as exc:
+        log.warning("could not retrieve payment intent to reconcile", extra={"payment_id": payment.id, "error": exc.message})
+        return None
+
+
+def _after_ambiguous_failure(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
+    """Timeout, outage or rate limit: the capture may or may not have happened. Ask Stripe."""
+    intent = _current_intent(payment)
+    if intent is not None and intent.status in ("succeeded", "canceled"):
+        return _settle(payment, intent, amount, trigger, actor="engine")
+    with write_transaction():
+        transitions.release_capture_claim(payment.id, error=f"retrying: {exc.message}"[:500])
+    _record_attempt(payment, "retrying", amount, trigger, error=exc.message[:500])
+    log.warning("capture will be retried", extra={"payment_id": payment.id, "error_type": type(exc).__name__})
+    raise CaptureRetryLater(exc.message) from exc
+
+
+def _after_refusal(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
+    """Stripe said no. Perhaps because it is already captured or canceled: reconcile; else a visible failure."""
+    intent = _current_intent(payment)
+    if intent is not None and intent.status in ("succeeded", "canceled"):
+        return _settle(payment, intent, amount, trigger, actor="engine")
+    if intent is None:
+        with write_transaction():
+            transitions.release_capture_claim(payment.id, error=exc.message[:500])
+        raise CaptureRetryLater(exc.message) from exc
+    error = f"{exc.code or type(exc).__name__}: {exc.message}"[:1000]
+    with write_transaction():
+        transitions.mark_capture_failed(payment.id, error)
+    _record_attempt(payment, "failed", amount, trigger, error=error)
+    log.error("capture failed", extra={"payment_id": payment.id, "order_id": payment.order_id, "code": exc.code})
+    return CaptureOutcome.FAILED
+
+
+def _rearm(order_id: str, payment: Payment) -> None:
+    """Early trigger (a key lost and re-created wrongly, a clock skew): make sure the key fires at the deadline."""
+    try:
+        service_for(current_app).create_intent(order_id, payment.capture_due_at)
+    except Exception as exc:  # the sweep re-arms keys too
+        log.warning("could not re-arm capture intent", extra={"order_id": order_id, "error": str(exc)})

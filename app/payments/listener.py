@@ -1,0 +1,162 @@
+"""The keyspace-notification listener (`flask capture-listener`, Procfile `listener`).
+
+Subscribes to `__keyevent@{db}__:expired`; every expired `capture_intent:{order_id}`
+enqueues that order's capture. Pub/sub is fire-and-forget, so after every (re)connect
+it runs a catch-up pass over the database for deadlines that passed meanwhile. Between
+messages it touches due keys (see `capture_intents`) so Redis expires them on time even
+with 100k keys holding a TTL, and it writes a heartbeat for the dashboard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import redis
+from flask import Flask
+from sqlalchemy import and_, or_, select
+
+from app.extensions import db
+from app.models import Payment, PaymentStatus
+from app.models.base import utcnow
+from app.payments.capture_intents import CaptureIntentService, order_id_from_key
+from app.queues import enqueue_capture
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_KEY = "capture_listener:heartbeats"  # hash: listener name → unix time
+HEARTBEAT_INTERVAL = 5.0
+TOUCH_INTERVAL = 0.2
+CATCH_UP_BATCH = 500
+MAX_BACKOFF = 30.0
+
+
+def ensure_expired_events(client: redis.Redis) -> bool:
+    """Make sure `notify-keyspace-events` includes `Ex`; False (and a clear log line) if Redis refuses."""
+    try:
+        current = client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+    except redis.ResponseError as exc:
+        log.error(
+            "cannot read notify-keyspace-events (CONFIG disabled?); enable 'Ex' on the Redis server yourself",
+            extra={"error": str(exc)},
+        )
+        return False
+    if isinstance(current, bytes):
+        current = current.decode()
+    has_keyevent = "E" in current
+    has_expired = "x" in current or "A" in current
+    if has_keyevent and has_expired:
+        return True
+    wanted = current + ("E" if not has_keyevent else "") + ("x" if not has_expired else "")
+    try:
+        client.config_set("notify-keyspace-events", wanted)
+    except redis.ResponseError as exc:
+        log.error(
+            "Redis refused CONFIG SET notify-keyspace-events; expiry events will not arrive and captures "
+            "will rely on the catch-up pass and the fallback sweep. Set notify-keyspace-events=Ex on the server.",
+            extra={"error": str(exc), "current": current},
+        )
+        return False
+    log.info("enabled keyspace notifications", extra={"notify_keyspace_events": wanted})
+    return True
+
+
+class CaptureListener:
+    def __init__(self, app: Flask, *, name: str | None = None):
+        self.app = app
+        self.redis: redis.Redis = app.extensions["redis"]
+        self.db_index = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        self.channel = f"__keyevent@{self.db_index}__:expired"
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.intents = CaptureIntentService(self.redis, app.config["ENGINE"].grace_period_seconds)
+        self.stop_event = threading.Event()
+        self.enqueued = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Listen until stopped, reconnecting with backoff."""
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self._listen_once()
+                backoff = 0.5
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("listener lost Redis; reconnecting", extra={"error": str(exc), "retry_in": backoff})
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _listen_once(self) -> None:
+        ensure_expired_events(self.redis)
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            log.info("listener subscribed", extra={"channel": self.channel, "listener": self.name})
+            # Subscribed first, then catch up: nothing that expires in between is missed.
+            self.catch_up()
+            next_heartbeat = 0.0
+            next_touch = 0.0
+            while not self.stop_event.is_set():
+                message = pubsub.get_message(timeout=TOUCH_INTERVAL)
+                if message is not None:
+                    self._on_message(message)
+                now = time.monotonic()
+                if now >= next_touch:
+                    self.intents.expire_due_keys(int(time.time() * 1000))
+                    next_touch = now + TOUCH_INTERVAL
+                if now >= next_heartbeat:
+                    self.redis.hset(HEARTBEAT_KEY, self.name, f"{time.time():.3f}")
+                    next_heartbeat = now + HEARTBEAT_INTERVAL
+        finally:
+            try:
+                pubsub.close()
+            except Exception:  # closing a broken connection may fail; nothing to do
+                pass
+
+    def _on_message(self, message: dict) -> None:
+        key = message.get("data")
+        if isinstance(key, bytes):
+            key = key.decode()
+        order_id = order_id_from_key(key or "")
+        if order_id is None:
+            return
+        with self.app.app_context():
+            if enqueue_capture(order_id, "expiry"):
+                self.enqueued += 1
+
+    def catch_up(self) -> int:
+        """Enqueue every authorized payment whose deadline has passed (missed events)."""
+        enqueued = 0
+        with self.app.app_context():
+            now = utcnow()
+            after = (utcnow() - timedelta(days=3650), "")
+            while True:
+                rows = db.session.execute(
+                    select(Payment.capture_due_at, Payment.id, Payment.order_id)
+                    .where(
+                        Payment.status == PaymentStatus.AUTHORIZED,
+                        Payment.capture_due_at <= now,
+                        or_(
+                            Payment.capture_due_at > after[0],
+                            and_(Payment.capture_due_at == after[0], Payment.id > after[1]),
+                        ),
+                    )
+                    .order_by(Payment.capture_due_at, Payment.id)
+                    .limit(CATCH_UP_BATCH)
+                ).all()
+                db.session.rollback()
+                for due_at, payment_id, order_id in rows:
+                    if enqueue_capture(order_id, "catch_up"):
+                        enqueued += 1
+                if len(rows) < CATCH_UP_BATCH:
+                    break
+                after = (rows[-1][0], rows[-1][1])
+        if enqueued:
+            log.info("catch-up enqueued captures", extra={"count": enqueued})
+        self.enqueued += enqueued
+        return enqueued

@@ -1,0 +1,136 @@
+"""The fallback sweep (rq-scheduler every FALLBACK_SWEEP_INTERVAL_SECONDS, and `flask sweep`).
+
+1. Enqueues the capture of every payment authorized longer ago than
+   FALLBACK_CAPTURE_AFTER_SECONDS and still not captured (expiry event and catch-up both missed).
+2. Releases payments stuck in `capturing` (a worker killed mid-capture) and enqueues them again.
+3. Re-creates capture-intent keys Redis lost (restart, flush) for orders still in their grace period.
+
+Every query walks an index in batches (keyset pagination), so the cost follows the backlog,
+not the size of the orders table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import and_, func, or_, select
+
+from app.db_tx import write_transaction
+from app.extensions import db
+from app.models import Payment, PaymentStatus
+from app.models.base import utcnow
+from app.payments import transitions
+from app.payments.capture_intents import DUE_INDEX, service_for
+from app.queues import enqueue_capture
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+# A claim older than this belongs to a dead worker (the job timeout is 120 s).
+STUCK_CAPTURE_AFTER = timedelta(minutes=5)
+LAST_SWEEP_KEY = "sweep:last"
+
+
+@dataclass
+class SweepResult:
+    enqueued: int = 0
+    recovered: int = 0
+    rearmed: int = 0
+    overdue_seen: int = 0
+    duration_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batches(column: datetime, *where):
+    """Yield (timestamp, payment id, order id) rows in keyset-paginated batches ordered by `column`."""
+    after: tuple | None = None
+    while True:
+        statement = select(column, Payment.id, Payment.order_id).where(*where)
+        if after is not None:
+            statement = statement.where(or_(column > after[0], and_(column == after[0], Payment.id > after[1])))
+        rows = db.session.execute(statement.order_by(column, Payment.id).limit(BATCH)).all()
+        db.session.rollback()
+        if not rows:
+            return
+        yield rows
+        if len(rows) < BATCH:
+            return
+        after = (rows[-1][0], rows[-1][1])
+
+
+def recover_stuck_captures(now: datetime) -> int:
+    recovered = 0
+    for rows in _batches(
+        Payment.capture_claimed_at,
+        Payment.status == PaymentStatus.CAPTURING,
+        Payment.capture_claimed_at < now - STUCK_CAPTURE_AFTER,
+    ):
+        for _, payment_id, order_id in rows:
+            with write_transaction():
+                released = transitions.release_capture_claim(payment_id, error="recovered from a stale capture claim")
+            if released:
+                recovered += 1
+                log.warning("released stale capture claim", extra={"payment_id": payment_id, "order_id": order_id})
+                enqueue_capture(order_id, "recovery")
+    return recovered
+
+
+def enqueue_overdue_captures(now: datetime, capture_after_seconds: int) -> tuple[int, int]:
+    seen = enqueued = 0
+    for rows in _batches(
+        Payment.authorized_at,
+        Payment.status == PaymentStatus.AUTHORIZED,
+        Payment.authorized_at < now - timedelta(seconds=capture_after_seconds),
+        Payment.capture_due_at <= now,
+    ):
+        for _, _, order_id in rows:
+            seen += 1
+            if enqueue_capture(order_id, "sweep"):
+                enqueued += 1
+    return seen, enqueued
+
+
+def rearm_lost_intents(now: datetime) -> int:
+    """Re-create missing keys with their remaining TTL, when Redis holds fewer than the database."""
+    intents = service_for(current_app)
+    live = db.session.scalar(
+        select(func.count())
+        .select_from(Payment)
+        .where(Payment.status == PaymentStatus.AUTHORIZED, Payment.capture_due_at > now)
+    )
+    db.session.rollback()
+    if not live or intents.redis.zcard(DUE_INDEX) >= live:
+        return 0
+    rearmed = 0
+    for rows in _batches(
+        Payment.capture_due_at,
+        Payment.status == PaymentStatus.AUTHORIZED,
+        Payment.capture_due_at > now,
+    ):
+        for due_at, _, order_id in rows:
+            if intents.create_intent(order_id, due_at):
+                rearmed += 1
+    if rearmed:
+        log.warning("re-armed lost capture intents", extra={"count": rearmed})
+    return rearmed
+
+
+def sweep(now: datetime | None = None) -> SweepResult:
+    started = time.perf_counter()
+    now = now or utcnow()
+    settings = current_app.config["ENGINE"]
+    result = SweepResult()
+    result.recovered = recover_stuck_captures(now)
+    result.overdue_seen, result.enqueued = enqueue_overdue_captures(now, settings.fallback_capture_after_seconds)
+    result.rearmed = rearm_lost_intents(now)
+    result.duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    current_app.extensions["redis"].set(LAST_SWEEP_KEY, json.dumps({"at": now.isoformat(), **result.as_dict()}))
+    log.info("sweep finished", extra=result.as_dict())
+    return result

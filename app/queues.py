@@ -1,0 +1,71 @@
+"""RQ queues on the app's Redis, and the one way to enqueue a capture."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from app.log import current_trace_id
+
+log = logging.getLogger(__name__)
+
+CAPTURE_QUEUE = "captures"
+DEFAULT_QUEUE = "default"
+QUEUE_NAMES = (CAPTURE_QUEUE, DEFAULT_QUEUE)
+
+# Stripe rate limits and outages: the same job (and so the same idempotency key) again later.
+CAPTURE_RETRY = Retry(max=6, interval=[5, 15, 60, 180, 600, 1800])
+CAPTURE_JOB_TIMEOUT = 120
+FAILED_JOB_TTL = 7 * 24 * 3600
+_FINISHED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+def queue(name: str = CAPTURE_QUEUE) -> Queue:
+    return Queue(name, connection=current_app.extensions["redis"])
+
+
+def capture_job_id(order_id: str) -> str:
+    return f"capture:{order_id}"
+
+
+def enqueue_capture(order_id: str, trigger: str) -> bool:
+    """Queue the order's capture under job id `capture:{order_id}`; False if it is already queued or running.
+
+    RQ's `unique=True` makes the check-and-enqueue atomic in Redis, so several listeners,
+    or a listener and the sweep, never queue the same capture twice.
+    """
+    from app.jobs import capture_order_job
+
+    captures = queue(CAPTURE_QUEUE)
+    job_id = capture_job_id(order_id)
+    for _ in range(2):
+        try:
+            captures.enqueue(
+                capture_order_job,
+                order_id,
+                trigger,
+                job_id=job_id,
+                unique=True,
+                retry=CAPTURE_RETRY,
+                job_timeout=CAPTURE_JOB_TIMEOUT,
+                result_ttl=0,
+                failure_ttl=FAILED_JOB_TTL,
+                meta={"trace_id": current_trace_id()},
+                description=f"capture order {order_id} ({trigger})",
+            )
+            log.info("capture enqueued", extra={"order_id": order_id, "trigger": trigger})
+            return True
+        except DuplicateJobError:
+            # A finished or failed job of an earlier attempt still holds the id: clear it, try once more.
+            try:
+                old = Job.fetch(job_id, connection=captures.connection)
+            except NoSuchJobError:
+                continue
+            if old.get_status(refresh=True) not in _FINISHED:
+                return False
+            old.delete()
+    return False
