@@ -48,8 +48,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from app.health import bp as health_bp
     from app.storefront import bp as storefront_bp
+    from app.dashboard import bp as dashboard_bp
     from app.webhooks import bp as webhooks_bp
 
+    app.register_blueprint(dashboard_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(storefront_bp)
     app.register_blueprint(webhooks_bp)

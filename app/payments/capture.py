@@ -179,3 +179,29 @@ def _rearm(order_id: str, payment: Payment) -> None:
         service_for(current_app).create_intent(order_id, payment.capture_due_at)
     except Exception as exc:  # the sweep re-arms keys too
         log.warning("could not re-arm capture intent", extra={"order_id": order_id, "error": str(exc)})
+
+
+def capture_now(order_id: str, *, actor: str) -> str:
+    """Staff ends the grace period early and captures at once (the same exactly-once path as the engine)."""
+    payment = payment_for_order(order_id)
+    if payment is None:
+        return CaptureOutcome.NOT_CAPTURABLE
+    with write_transaction():
+        transitions.end_grace_period_now(payment.id, utcnow())
+    remove_capture_intent(order_id)
+    return _capture_or_enqueue(order_id, trigger="staff", allow_failed=False, actor=actor)
+
+
+def retry_failed_capture(order_id: str, *, actor: str) -> str:
+    """Staff retries a capture that Stripe refused (capture_failed → capturing)."""
+    return _capture_or_enqueue(order_id, trigger="staff_retry", allow_failed=True, actor=actor)
+
+
+def _capture_or_enqueue(order_id: str, *, trigger: str, allow_failed: bool, actor: str) -> str:
+    from app.queues import enqueue_capture
+
+    try:
+        return capture_order(order_id, trigger=trigger, allow_failed=allow_failed, actor=actor)
+    except CaptureRetryLater:
+        enqueue_capture(order_id, trigger)
+        return "retrying"

@@ -84,10 +84,8 @@ def record_stripe_refunds(payment_id: str, refunds: list[StripeRefund]) -> int:
             if own_id:
                 own = session.get(Refund, own_id)
             if own is not None:
-                # Our own refund whose answer was lost: finish it (the amount is already reserved).
-                own.stripe_refund_id = refund.id
-                own.status = RefundStatus.SUCCEEDED
-                session.add(_refund_transaction(own))
+                # Our own refund, whose answer has not been recorded yet (the amount is already reserved).
+                transitions.complete_refund(own.id, refund.id)
                 continue
             if not transitions.reserve_refund(payment_id, refund.amount):
                 log.error("Stripe refund exceeds what we captured", extra={"payment_id": payment_id, "refund_id": refund.id})

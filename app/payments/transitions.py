@@ -20,7 +20,7 @@ from typing import Iterable
 from sqlalchemy import update
 
 from app.extensions import db
-from app.models import Capture, Order, OrderStatus, OrderTransaction, Payment, PaymentStatus
+from app.models import Capture, Order, OrderStatus, OrderTransaction, Payment, PaymentStatus, Refund, RefundStatus
 from app.models.base import utcnow
 
 S = PaymentStatus
@@ -104,9 +104,37 @@ def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: s
     return True
 
 
-def begin_cancel(payment_id: str) -> bool:
-    """authorized → canceling: from here on no capture can claim the payment."""
-    return _compare_and_set(payment_id, (S.AUTHORIZED, S.CAPTURE_FAILED), S.CANCELING)
+def begin_cancel(payment_id: str, *, before_deadline: datetime | None = None) -> bool:
+    """authorized → canceling: from here on no capture can claim the payment.
+
+    With `before_deadline`, only while the grace period still runs at that moment.
+    """
+    statement = (
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status.in_((S.AUTHORIZED, S.CAPTURE_FAILED)))
+        .values(status=S.CANCELING, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if before_deadline is not None:
+        statement = statement.where(Payment.capture_due_at > before_deadline)
+    won = db.session.execute(statement).rowcount == 1
+    if won:
+        db.session.expire_all()
+    return won
+
+
+def end_grace_period_now(payment_id: str, now: datetime) -> bool:
+    """Staff's "capture now": the deadline becomes now, while the payment is still authorized."""
+    won = _compare_and_set(payment_id, (S.AUTHORIZED,), S.AUTHORIZED, capture_due_at=now)
+    if won:
+        payment = db.session.get(Payment, payment_id)
+        db.session.execute(
+            update(Order)
+            .where(Order.id == payment.order_id)
+            .values(grace_period_ends_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return won
 
 
 def abort_cancel(payment_id: str) -> bool:
@@ -145,6 +173,31 @@ def reserve_refund(payment_id: str, amount: int) -> bool:
     if won:
         db.session.expire_all()
     return won
+
+
+def complete_refund(refund_id: str, stripe_refund_id: str) -> bool:
+    """pending → succeeded for our own refund, with its OrderTransaction; False if already completed."""
+    won = db.session.execute(
+        update(Refund)
+        .where(Refund.id == refund_id, Refund.status == RefundStatus.PENDING)
+        .values(status=RefundStatus.SUCCEEDED, stripe_refund_id=stripe_refund_id, last_error=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    if not won:
+        return False
+    db.session.expire_all()
+    refund = db.session.get(Refund, refund_id)
+    payment = db.session.get(Payment, refund.payment_id)
+    db.session.add(
+        OrderTransaction(
+            order_id=payment.order_id,
+            amount=-refund.amount,
+            currency=payment.currency,
+            reference="refund",
+            reference_id=refund.id,
+        )
+    )
+    return True
 
 
 def release_refund(payment_id: str, amount: int) -> None:

@@ -1,0 +1,73 @@
+"""Canceling an order during its grace period: the authorization is voided at Stripe, exactly once."""
+
+from __future__ import annotations
+
+import logging
+
+from app.db_tx import write_transaction
+from app.errors import Conflict, NotFound, ServiceUnavailable
+from app.extensions import db
+from app.models import Order, OrderStatus, PaymentStatus
+from app.models.base import utcnow
+from app.payments import transitions
+from app.payments.capture import payment_for_order
+from app.payments.errors import InvalidRequest, PaymentProviderError
+from app.payments.reconcile import apply_captured, remove_capture_intent
+from app.payments.stripe_gateway import get_gateway
+
+log = logging.getLogger(__name__)
+
+
+def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool = False) -> Order:
+    """Void the order's authorization and cancel it; 409 `grace_period_expired` once the deadline passed.
+
+    Staff may cancel an uncaptured order after the deadline (`after_deadline=True`).
+    A second cancel returns the canceled order unchanged.
+    """
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise NotFound(f"No order with id {order_id!r}.")
+    payment = payment_for_order(order_id)
+    if order.status == OrderStatus.CANCELED:
+        return order
+    if payment is None:
+        raise Conflict("The order has no payment to void.", code="not_cancelable")
+
+    with write_transaction():
+        began = transitions.begin_cancel(payment.id, before_deadline=None if after_deadline else utcnow())
+    if not began:
+        db.session.expire_all()
+        payment = payment_for_order(order_id)
+        if payment.status == PaymentStatus.CANCELED:
+            return db.session.get(Order, order_id)
+        if payment.status in (PaymentStatus.CAPTURING, PaymentStatus.CAPTURED) or payment.capture_due_at <= utcnow():
+            raise Conflict("The grace period is over; the order can no longer be canceled.", code="grace_period_expired")
+        raise Conflict("The order is being changed; try again.", code="order_busy")
+
+    try:
+        get_gateway().cancel_payment_intent(
+            payment.stripe_payment_intent_id, idempotency_key=f"cancel:{payment.id}", reason="requested_by_customer"
+        )
+    except InvalidRequest as exc:
+        intent = get_gateway().retrieve_payment_intent(payment.stripe_payment_intent_id)
+        if intent.status == "succeeded":
+            with write_transaction():
+                transitions.abort_cancel(payment.id)
+            apply_captured(payment.id, intent, created_by="stripe")
+            raise Conflict("The payment was already captured.", code="grace_period_expired") from exc
+        if intent.status != "canceled":
+            with write_transaction():
+                transitions.abort_cancel(payment.id)
+            raise Conflict(f"Stripe refused to void the payment: {exc.message}", code="not_cancelable") from exc
+    except PaymentProviderError as exc:
+        with write_transaction():
+            transitions.abort_cancel(payment.id)
+        raise ServiceUnavailable("Stripe is unavailable; the order was not canceled. Try again.",
+                                 code="payment_provider_unavailable") from exc
+
+    with write_transaction():
+        transitions.record_canceled(payment.id, f"canceled by {actor}")
+    remove_capture_intent(order_id)
+    log.info("order canceled", extra={"order_id": order_id, "actor": actor})
+    db.session.expire_all()
+    return db.session.get(Order, order_id)
