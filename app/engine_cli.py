@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 log = logging.getLogger(__name__)
 
-SWEEP_JOB_ID = "periodic:fallback-sweep"
+SWEEP_JOB_ID = "periodic-fallback-sweep"
 
 
 def register_periodic_sweep(scheduler, interval: int) -> bool:

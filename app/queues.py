@@ -29,14 +29,16 @@ def queue(name: str = CAPTURE_QUEUE) -> Queue:
 
 
 def capture_job_id(order_id: str) -> str:
-    return f"capture:{order_id}"
+    """`capture-{order_id}`: the design's `capture:{order_id}`, spelled as RQ 2 allows job ids ([A-Za-z0-9_-])."""
+    return f"capture-{order_id}"
 
 
-def enqueue_capture(order_id: str, trigger: str) -> bool:
-    """Queue the order's capture under job id `capture:{order_id}`; False if it is already queued or running.
+def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = False) -> bool:
+    """Queue the order's capture under job id `capture-{order_id}`; False if it is already queued or running.
 
     RQ's `unique=True` makes the check-and-enqueue atomic in Redis, so several listeners,
-    or a listener and the sweep, never queue the same capture twice.
+    or a listener and the sweep, never queue the same capture twice. `replace_started` is for
+    the sweep's recovery of a claim whose worker died: its job still looks "started".
     """
     from app.jobs import capture_order_job
 
@@ -65,7 +67,8 @@ def enqueue_capture(order_id: str, trigger: str) -> bool:
                 old = Job.fetch(job_id, connection=captures.connection)
             except NoSuchJobError:
                 continue
-            if old.get_status(refresh=True) not in _FINISHED:
+            status = old.get_status(refresh=True)
+            if status not in _FINISHED and not (replace_started and status == JobStatus.STARTED):
                 return False
             old.delete()
     return False

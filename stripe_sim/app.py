@@ -263,6 +263,8 @@ def _raise_for_fault(fault: Fault | None) -> None:
         raise errors.api_error()
     if fault.kind == "429":
         raise errors.rate_limited()
+    if fault.kind == "card_declined":
+        raise errors.card_declined("generic_decline", "Your card was declined (simulated fault).")
     if fault.kind == "timeout":
         time.sleep(fault.seconds)
         raise errors.api_error("The request timed out (simulated); it was not performed.")

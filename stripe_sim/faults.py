@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-FAULT_KINDS = ("500", "429", "timeout", "lost_response", "slow")
+# "card_declined": a 402 decline without performing (e.g. a capture the issuer refuses).
+FAULT_KINDS = ("500", "429", "timeout", "lost_response", "slow", "card_declined")
 _RATE_KEYS = {
     "error_500_rate": "500",
     "rate_limit_rate": "429",

@@ -78,7 +78,7 @@ def recover_stuck_captures(now: datetime) -> int:
             if released:
                 recovered += 1
                 log.warning("released stale capture claim", extra={"payment_id": payment_id, "order_id": order_id})
-                enqueue_capture(order_id, "recovery")
+                enqueue_capture(order_id, "recovery", replace_started=True)
     return recovered
 
 

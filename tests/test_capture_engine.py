@@ -1,0 +1,269 @@
+"""The grace-period engine on a real Redis: every authorized order captured exactly once, after its deadline."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+from app.payments.capture_intents import intent_key
+from tests.engine_helpers import (
+    captures_at_stripe,
+    drain_queues,
+    queued_capture_ids,
+    running_listeners,
+    wait_until,
+)
+from tests.helpers import place_order, stripe_client
+
+
+def _order(client, order_id):
+    return client.get(f"/store/orders/{order_id}").get_json()["order"]
+
+
+def _payment(db_session):
+    from app.models import Payment
+
+    db_session.expire_all()
+    return db_session.query(Payment).one()
+
+
+def test_capture_intent_key_has_the_grace_period_as_ttl_and_is_not_extended(app, client, sim_control):
+    from app.payments.capture_intents import service_for
+
+    order = place_order(client, sim_control)
+    redis = app.extensions["redis"]
+    ttl_ms = redis.pttl(intent_key(order["id"]))
+    assert 3_598_000 <= ttl_ms <= 3_600_000
+    with app.app_context():
+        assert service_for(app).create_intent(order["id"]) is False  # a repeated order.placed
+        assert service_for(app).validate_intent(order["id"]) is True
+    assert redis.pttl(intent_key(order["id"])) <= ttl_ms
+
+
+def test_expiry_enqueues_and_the_worker_captures_the_order_total(app, client, sim_control, settings, db_session):
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    with running_listeners(app):
+        assert wait_until(lambda: queued_capture_ids(app) == [f"capture-{order['id']}"], timeout=10)
+    drain_queues(app)
+    captured = _order(client, order["id"])
+    assert captured["payment_status"] == "captured" and captured["status"] == "completed"
+    assert captured["captured_amount"] == order["total"] and captured["capture"]["status"] == "succeeded"
+    payment = _payment(db_session)
+    [capture] = captures_at_stripe(sim_control, payment.stripe_payment_intent_id)
+    assert capture["amount"] == order["total"]
+    assert capture["idempotency_key"] == f"capture:{payment.id}"
+
+
+def test_no_capture_before_the_deadline(app, client, sim_control, settings):
+    from app.payments.capture import CaptureOutcome, capture_order
+    from app.queues import enqueue_capture
+
+    settings(grace_period_seconds=60)
+    order = place_order(client, sim_control)
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.NOT_DUE
+        assert enqueue_capture(order["id"], "expiry")
+    drain_queues(app)
+    assert captures_at_stripe(sim_control) == []
+    body = _order(client, order["id"])
+    assert body["payment_status"] == "authorized" and body["grace_period"]["editable"] is True
+
+
+def test_listener_down_during_expiry_catches_up_after_connecting(app, client, sim_control, settings):
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.3)  # the key expires while no listener is subscribed: its event is lost
+    assert app.extensions["redis"].exists(intent_key(order["id"])) == 0
+    with running_listeners(app) as [listener]:
+        assert wait_until(lambda: listener.enqueued == 1)
+    drain_queues(app)
+    assert _order(client, order["id"])["payment_status"] == "captured"
+    assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_without_any_listener_the_sweep_captures(app, client, runner, sim_control, settings):
+    settings(grace_period_seconds=1, fallback_capture_after_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.3)
+    result = runner.invoke(args=["sweep"])
+    assert result.exit_code == 0 and "enqueued 1 capture(s)" in result.output
+    assert "enqueued 0 capture(s)" in runner.invoke(args=["sweep"]).output  # already queued: not twice
+    drain_queues(app)
+    assert _order(client, order["id"])["payment_status"] == "captured"
+    assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_two_listeners_queue_and_capture_once(app, client, sim_control, settings):
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    with running_listeners(app, count=2) as listeners:
+        assert wait_until(lambda: sum(listener.enqueued for listener in listeners) >= 1)
+        time.sleep(0.5)
+        assert queued_capture_ids(app) == [f"capture-{order['id']}"]
+        assert sum(listener.enqueued for listener in listeners) == 1
+    drain_queues(app)
+    assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_listener_turns_on_expired_events(app):
+    from app.payments.listener import ensure_expired_events
+
+    redis = app.extensions["redis"]
+    redis.config_set("notify-keyspace-events", "")
+    assert ensure_expired_events(redis) is True
+    flags = redis.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    assert "E" in flags and ("x" in flags or "A" in flags)
+
+
+def test_stripe_500_then_success_gives_one_capture(app, client, sim_control, settings):
+    from app.payments.capture import CaptureOutcome, capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    sim_control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/capture", "times": 1}])
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.CAPTURED
+    assert len(captures_at_stripe(sim_control)) == 1
+    assert sim_control.ledger()["faults"]["500"] == 1
+
+
+def test_rate_limited_capture_is_retried_with_the_same_key(app, client, sim_control, settings, db_session):
+    import pytest
+
+    from app.payments.capture import CaptureOutcome, CaptureRetryLater, capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    sim_control.set_faults(script=[{"fault": "429", "method": "POST", "path_contains": "/capture", "times": 1}])
+    with app.app_context(), pytest.raises(CaptureRetryLater):
+        capture_order(order["id"], trigger="expiry")
+    assert _payment(db_session).status == "authorized"  # released for the retry
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.CAPTURED
+    payment = _payment(db_session)
+    [capture] = captures_at_stripe(sim_control)
+    assert capture["idempotency_key"] == f"capture:{payment.id}" and payment.capture_attempts == 2
+
+
+def test_lost_response_is_resolved_by_the_same_key_without_a_second_capture(app, client, sim_control, settings):
+    from app.payments.capture import capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    sim_control.set_faults(
+        lost_response_seconds=3,
+        script=[{"fault": "lost_response", "method": "POST", "path_contains": "/capture", "times": 1}],
+    )
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") in ("captured", "already_captured")
+    assert _order(client, order["id"])["payment_status"] == "captured"
+    assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_capture_already_made_at_stripe_is_reconciled_not_repeated(app, client, sim, sim_control, settings, db_session):
+    from app.payments.capture import capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    payment = _payment(db_session)
+    stripe_client(sim.url).v1.payment_intents.capture(payment.stripe_payment_intent_id)
+    time.sleep(1.1)
+    with app.app_context():
+        capture_order(order["id"], trigger="expiry")
+    assert _order(client, order["id"])["payment_status"] == "captured"
+    assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_expired_authorization_cancels_instead_of_capturing(app, client, sim_control, settings, db_session):
+    from app.payments.capture import CaptureOutcome, capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    sim_control.expire(_payment(db_session).stripe_payment_intent_id)
+    time.sleep(1.1)
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.CANCELED
+    body = _order(client, order["id"])
+    assert body["payment_status"] == "canceled" and body["capture"]["status"] == "canceled"
+    assert captures_at_stripe(sim_control) == []
+
+
+def test_refused_capture_is_visible_and_retryable(app, client, sim_control, settings, db_session):
+    from app.payments.capture import CaptureOutcome, capture_order, retry_failed_capture
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    sim_control.set_faults(script=[{"fault": "card_declined", "method": "POST", "path_contains": "/capture", "times": 1}])
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.FAILED
+        # the engine does not retry a refusal by itself
+        assert capture_order(order["id"], trigger="sweep") == CaptureOutcome.NOT_CAPTURABLE
+    body = _order(client, order["id"])
+    assert body["capture"]["status"] == "failed" and "card_declined" in body["capture"]["last_error"]
+    with app.app_context():
+        assert retry_failed_capture(order["id"], actor="staff:ops@example.com") == CaptureOutcome.CAPTURED
+    assert _order(client, order["id"])["payment_status"] == "captured"
+    assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_flushed_redis_gets_its_keys_rearmed_with_the_remaining_ttl(app, client, runner, sim_control):
+    order = place_order(client, sim_control)
+    redis = app.extensions["redis"]
+    time.sleep(1)
+    redis.flushdb()
+    assert "re-armed 1" in runner.invoke(args=["sweep"]).output
+    remaining_ms = redis.pttl(intent_key(order["id"]))
+    expected_ms = _order(client, order["id"])["grace_period"]["remaining_seconds"] * 1000
+    assert expected_ms - 3000 <= remaining_ms <= expected_ms + 1000
+    assert remaining_ms < 3_599_000  # not a fresh full hour
+
+
+def test_worker_killed_mid_capture_gives_one_capture(app, client, sim, sim_control, settings, monkeypatch, redis_url, db_session):
+    from app.payments import sweep as sweep_module
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    with app.app_context():
+        from app.queues import enqueue_capture
+
+        assert enqueue_capture(order["id"], "expiry")
+    # Stripe performs the capture but the answer never arrives; the worker is killed while waiting.
+    sim_control.set_faults(
+        lost_response_seconds=30,
+        script=[{"fault": "lost_response", "method": "POST", "path_contains": "/capture", "times": 1}],
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": redis_url,
+        "STRIPE_SECRET_KEY": "sk_test_suite",
+        "STRIPE_API_BASE": sim.url,
+        "STRIPE_TIMEOUT_SECONDS": "60",
+        "SECRET_KEY": "test",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: len(captures_at_stripe(sim_control)) == 1, timeout=20)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    assert _payment(db_session).status == "capturing"
+
+    monkeypatch.setattr(sweep_module, "STUCK_CAPTURE_AFTER", timedelta(0))
+    with app.app_context():
+        result = sweep_module.sweep()
+    assert result.recovered == 1
+    drain_queues(app)
+    assert _order(client, order["id"])["payment_status"] == "captured"
+    assert len(captures_at_stripe(sim_control)) == 1
