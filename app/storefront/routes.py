@@ -7,9 +7,11 @@ from sqlalchemy import select
 
 from app import carts
 from app.carts import MAX_QUANTITY
-from app.errors import NotFound
+from app.errors import InvalidRequest, NotFound
 from app.extensions import db
 from app.models import Order, Product
+from app.payments import cancellation, edits
+from app.payments.edits import EditLine
 from app.payments.payment_intents import ensure_payment_intent
 from app.payments.placement import complete_cart
 from app.presenters import cart_json, order_json
@@ -110,3 +112,28 @@ def get_order(order_id: str):
     if order is None:
         raise NotFound(f"No order with id {order_id!r}.")
     return jsonify({"order": order_json(order)})
+
+
+@bp.post("/orders/<order_id>/edits")
+def edit_order(order_id: str):
+    """Replace the order's items during the grace period."""
+    if db.session.get(Order, order_id) is None:
+        raise NotFound(f"No order with id {order_id!r}.")
+    data = json_body()
+    reject_unknown(data, {"items"})
+    raw_items = data.get("items")
+    if not isinstance(raw_items, list):
+        raise InvalidRequest("`items` must be a list of {product_id, quantity}.")
+    lines = []
+    for raw in raw_items:
+        if not isinstance(raw, dict):
+            raise InvalidRequest("Each item must be an object {product_id, quantity}.")
+        reject_unknown(raw, {"product_id", "quantity"})
+        lines.append(EditLine(id_string(raw, "product_id", "prod"), positive_int(raw, "quantity", MAX_QUANTITY)))
+    return jsonify({"order": order_json(edits.edit_order(order_id, lines))})
+
+
+@bp.post("/orders/<order_id>/cancel")
+def cancel_order(order_id: str):
+    """Cancel the order during its grace period; the authorization is voided."""
+    return jsonify({"order": order_json(cancellation.cancel_order(order_id, actor="customer"))})

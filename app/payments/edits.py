@@ -1,0 +1,166 @@
+"""Order edits during the grace period: a higher total increments the authorization, a lower one captures less.
+
+Two phases around Stripe: check and price the edit (nothing written), increment the
+authorization if needed (idempotency key from the order id and the edit's version), then
+commit with two compare-and-sets — the payment must still be `authorized` (so an edit never
+interleaves with a capture that already claimed it) and the order must still be at the
+version the edit started from (so two edits never interleave).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from app.carts import MAX_LINE_ITEMS, MAX_QUANTITY
+from app.db_tx import write_transaction
+from app.errors import Conflict, InvalidRequest, NotFound, PaymentRequired, ServiceUnavailable
+from app.extensions import db
+from app.log import current_trace_id
+from app.models import Order, OrderChange, OrderItem, OrderStatus, Payment, PaymentStatus, Product
+from app.models.base import utcnow
+from app.money import MAX_AMOUNT
+from app.payments.capture import payment_for_order
+from app.payments.errors import (
+    CardDeclined,
+    IdempotencyConflict,
+    InvalidRequest as ProviderInvalidRequest,
+    PaymentProviderError,
+)
+from app.payments.stripe_gateway import get_gateway
+
+log = logging.getLogger(__name__)
+
+UNSUPPORTED_CODES = {"incremental_authorization_not_available", "payment_intent_incremental_authorization_not_available"}
+
+
+@dataclass(frozen=True)
+class EditLine:
+    product_id: str
+    quantity: int
+
+
+def _snapshot(items) -> list[dict]:
+    return [
+        {"product_id": i.product_id, "title": i.title, "unit_amount": i.unit_amount, "quantity": i.quantity}
+        for i in items
+    ]
+
+
+def _price(order: Order, lines: list[EditLine]) -> list[OrderItem]:
+    if not lines:
+        raise InvalidRequest("An order needs at least one item; cancel the order instead.", code="invalid_request")
+    if len(lines) > MAX_LINE_ITEMS:
+        raise InvalidRequest(f"An order holds at most {MAX_LINE_ITEMS} lines.", code="too_many_items")
+    ids = [line.product_id for line in lines]
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest("Each product may appear once; set its quantity instead.", code="duplicate_product")
+    products = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
+    items = []
+    for position, line in enumerate(lines):
+        product = products.get(line.product_id)
+        if product is None:
+            raise NotFound(f"No product with id {line.product_id!r}.")
+        if product.currency != order.currency:
+            raise InvalidRequest(f"The product is priced in {product.currency}, the order in {order.currency}.",
+                                 code="currency_mismatch")
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            raise InvalidRequest(f"Quantities must be between 1 and {MAX_QUANTITY}.", code="invalid_request")
+        items.append(OrderItem(product_id=product.id, title=product.title, unit_amount=product.unit_amount,
+                               quantity=line.quantity, position=position))
+    if sum(item.total for item in items) > MAX_AMOUNT:
+        raise InvalidRequest(f"The order total may not exceed {MAX_AMOUNT} minor units.", code="amount_too_large")
+    return items
+
+
+def _require_editable(order: Order, payment: Payment | None) -> None:
+    if order.status == OrderStatus.CANCELED:
+        raise Conflict("The order was canceled.", code="order_canceled")
+    if (
+        payment is None
+        or payment.status != PaymentStatus.AUTHORIZED
+        or order.status != OrderStatus.PENDING
+        or order.grace_period_ends_at <= utcnow()
+    ):
+        raise Conflict("The grace period is over; the order can no longer be edited.", code="grace_period_expired")
+
+
+def edit_order(order_id: str, lines: list[EditLine]) -> Order:
+    """Replace the order's items (totals recomputed here); 409/402 leave the order unchanged."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise NotFound(f"No order with id {order_id!r}.")
+    payment = payment_for_order(order_id)
+    _require_editable(order, payment)
+    new_items = _price(order, lines)
+    new_total = sum(item.total for item in new_items)
+    version = order.version
+    old_total, old_authorized = order.total, payment.amount
+    items_before = _snapshot(order.items)
+    new_authorized = old_authorized
+
+    if new_total > old_authorized:
+        new_authorized = _increment(payment, new_total, order_id, version)
+
+    with write_transaction() as session:
+        still_authorized = session.execute(
+            update(Payment)
+            .where(Payment.id == payment.id, Payment.status == PaymentStatus.AUTHORIZED)
+            .values(amount=new_authorized, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if not still_authorized:
+            raise Conflict("The order is being captured; the edit was not applied.", code="grace_period_expired")
+        same_version = session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.version == version, Order.status == OrderStatus.PENDING)
+            .values(version=version + 1, total=new_total, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if not same_version:
+            raise Conflict("The order was changed meanwhile; reload it and edit again.", code="edit_conflict")
+        session.expire_all()
+        fresh = session.get(Order, order_id)
+        fresh.items = new_items
+        session.add(
+            OrderChange(
+                order_id=order_id,
+                version=version + 1,
+                items_before=items_before,
+                items_after=_snapshot(new_items),
+                total_before=old_total,
+                total_after=new_total,
+                authorized_before=old_authorized,
+                authorized_after=new_authorized,
+                trace_id=current_trace_id(),
+            )
+        )
+    log.info("order edited", extra={"order_id": order_id, "version": version + 1, "total": new_total,
+                                     "authorized": new_authorized})
+    return db.session.get(Order, order_id)
+
+
+def _increment(payment: Payment, new_total: int, order_id: str, version: int) -> int:
+    """Raise the authorization to `new_total` at Stripe; returns the new authorized amount."""
+    try:
+        intent = get_gateway().increment_authorization(
+            payment.stripe_payment_intent_id,
+            amount=new_total,
+            idempotency_key=f"edit:{order_id}:{version + 1}",
+        )
+    except CardDeclined as exc:
+        raise PaymentRequired(f"The card issuer declined the higher amount: {exc.message}",
+                              code="authorization_increase_declined") from exc
+    except IdempotencyConflict as exc:
+        raise Conflict("Another edit of this order is in progress; reload and try again.", code="edit_conflict") from exc
+    except ProviderInvalidRequest as exc:
+        if exc.code in UNSUPPORTED_CODES:
+            raise PaymentRequired("The card does not support raising the authorized amount.",
+                                  code="authorization_increase_unsupported") from exc
+        raise Conflict(f"Stripe refused to raise the authorization: {exc.message}", code="grace_period_expired") from exc
+    except PaymentProviderError as exc:
+        raise ServiceUnavailable("Stripe is unavailable; the order was not changed. Try again.",
+                                 code="payment_provider_unavailable") from exc
+    return intent.amount_capturable or intent.amount
