@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, g, request
 
-from app import errors
+from app import errors, security
 from app.config import ConfigError, flask_config_from_env
 from app.extensions import csrf, db, migrate, redis_ext
 from app.log import clean_trace_id, configure_logging, set_trace_id
@@ -40,6 +40,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     redis_ext.init_app(app)
     csrf.init_app(app)
     errors.init_app(app)
+    security.init_app(app)
     _init_request_tracing(app)
 
     from app.payments import stripe_gateway
@@ -53,6 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(health_bp)
+    from app.openapi import bp as openapi_bp
+
+    app.register_blueprint(openapi_bp)
     app.register_blueprint(storefront_bp)
     app.register_blueprint(webhooks_bp)
     # JSON APIs authenticate by other means (none for the storefront, a signature for Stripe).

@@ -39,14 +39,37 @@ def wait_for(url: str, seconds: float = 15) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+def _stop_on_sigterm() -> None:
+    """`kill` (SIGTERM) stops everything this script started, like Ctrl-C does."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> int:
+    _stop_on_sigterm()
     env = project_env()
     env["PORT"] = str(PORT)
     if not env.get("SECRET_KEY"):
         env["FLASK_DEBUG"] = "1"  # local development: a throwaway session key, non-secure cookies
     redis_server = ensure_redis(env, "redis")
     children: list[subprocess.Popen] = []
+    try:
+        return _run(env, redis_server, children)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+                child.wait(timeout=10)
+        if redis_server is not None:
+            redis_server.shutdown()
 
+
+def _run(env: dict[str, str], redis_server, children: list[subprocess.Popen]) -> int:
     if not env.get("STRIPE_SECRET_KEY"):
         webhook_secret = "whsec_local_" + secrets.token_hex(16)
         env.update(
@@ -86,15 +109,8 @@ def main() -> int:
     try:
         return honcho.wait()
     except KeyboardInterrupt:
-        honcho.send_signal(signal.SIGINT)
+        honcho.send_signal(signal.SIGTERM)
         return honcho.wait()
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-                child.wait(timeout=10)
-        if redis_server is not None:
-            redis_server.shutdown()
 
 
 if __name__ == "__main__":

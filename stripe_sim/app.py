@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from urllib.parse import parse_qsl
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
 from . import admin, api, errors
@@ -250,7 +251,7 @@ def _match(request: Request) -> tuple[str, dict[str, str]]:
     adapter = api.URL_MAP.bind("localhost")
     try:
         endpoint, args = adapter.match(request.path, method=request.method.upper())
-    except (NotFound, MethodNotAllowed):
+    except (NotFound, MethodNotAllowed, RequestRedirect):
         raise StripeError(404, "invalid_request_error", _unrecognized(request))
     return str(endpoint), dict(args)
 

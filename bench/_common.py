@@ -1,0 +1,453 @@
+"""Shared plumbing for the benchmark scripts: services, the app, bulk rows, statistics, tables, results.
+
+Nothing here is measured; it only sets things up. Every process the scripts start is kept as a
+`Popen` and stopped by its own pid (`Proc.stop`), never by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+VENV_BIN = Path(PYTHON).parent
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/bench")
+WEBHOOK_SECRET = "whsec_bench_" + "0" * 24
+MACHINE_NOTE = "2 cores, shared"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def arg_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 30 s (a smoke test)")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/<name>.json")
+    return parser
+
+
+def command_line() -> str:
+    script = os.path.relpath(sys.argv[0], ROOT)
+    return " ".join([".venv/bin/python", script, *sys.argv[1:]])
+
+
+# ------------------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+class Proc:
+    """A child process we started; stopped by its own pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None):
+        self.name = name
+        self.log_path = log
+        out = open(log, "wb") if log else subprocess.DEVNULL
+        self.popen = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if log:
+            out.close()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Proc]]:
+    """Collects Procs; stops them in reverse order on exit, whatever happened."""
+    procs: list[Proc] = []
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"warning: could not stop {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
+
+
+def workdir(name: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ Redis
+
+
+@contextlib.contextmanager
+def own_redis(procs: list[Proc], tmp: Path, *, maxmemory: str | None = None) -> Iterator[str]:
+    """A private redis-server (no persistence, keyspace `Ex` events on) on a free port; yields its URL (db 0)."""
+    port = free_port()
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--notify-keyspace-events", "Ex", "--dir", str(tmp), "--daemonize", "no",
+    ]
+    if maxmemory:
+        argv += ["--maxmemory", maxmemory]
+    proc = Proc("redis-server", argv, log=tmp / "redis.log")
+    procs.append(proc)
+    wait_port(port)
+    yield f"redis://127.0.0.1:{port}/0"
+
+
+def redis_client(url: str, **kw):
+    import redis
+
+    return redis.Redis.from_url(url, **kw)
+
+
+# --------------------------------------------------------------------------------- database + app
+
+
+def ensure_pg_database() -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone()
+        if not exists:
+            conn.execute("CREATE DATABASE bench")
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def app_env(database_url: str, redis_url: str, sim_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment the app reads (plus PATH to the venv): for subprocesses and for `make_app`."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        SECRET_KEY="bench-secret-key",
+        STRIPE_SECRET_KEY="sk_test_bench",
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        GRACE_PERIOD_SECONDS=extra.pop("GRACE_PERIOD_SECONDS", "3600"),
+        FALLBACK_CAPTURE_AFTER_SECONDS=extra.pop("FALLBACK_CAPTURE_AFTER_SECONDS", "3900"),
+        PYTHONUNBUFFERED="1",
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    if sim_url:
+        env["STRIPE_API_BASE"] = sim_url
+    else:
+        env.pop("STRIPE_API_BASE", None)
+    env.update(extra)
+    return env
+
+
+def make_app(env: dict[str, str]):
+    """`create_app()` in this process with `env` as its environment (the app reads only that)."""
+    for key in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET",
+                "STRIPE_API_BASE", "GRACE_PERIOD_SECONDS", "FALLBACK_CAPTURE_AFTER_SECONDS"):
+        if key in env:
+            os.environ[key] = env[key]
+        else:
+            os.environ.pop(key, None)
+    from app import create_app
+
+    app = create_app()
+    import logging
+
+    # The app logs a JSON line per event to stderr; the benchmark's own table must stay readable.
+    logging.getLogger().setLevel(logging.WARNING)
+    return app
+
+
+def reset_schema(app) -> None:
+    """Empty database, then `flask db upgrade` (the migrations, as in production)."""
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    from app.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+            else:
+                names = [r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))]
+                for name in names:
+                    conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+        import logging
+
+        level = logging.getLogger().level
+        upgrade(directory=str(ROOT / "migrations"))
+        logging.getLogger().setLevel(logging.WARNING if level > logging.INFO else level)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        db.session.remove()
+
+
+# ------------------------------------------------------------------------------------ bulk rows
+
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def fake_id(prefix: str, n: int, salt: str) -> str:
+    """A deterministic id shaped like `app.ids.new_id` (prefix_ + 26 chars)."""
+    body = f"{salt}{n:020d}"[-26:].rjust(26, "a")
+    return f"{prefix}_{body}"
+
+
+def order_rows(n: int, *, now: dt.datetime, salt: str, statuses: Sequence[str], due_at: Sequence[dt.datetime],
+               authorized_at: Sequence[dt.datetime], intents: Sequence[str] | None = None,
+               claimed_at: Sequence[dt.datetime | None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Rows for carts, orders, payment_collections, payment_sessions and payments: one chain per order."""
+    tables: dict[str, list[dict[str, Any]]] = {t: [] for t in ("carts", "orders", "payment_collections",
+                                                                 "payment_sessions", "payments")}
+    for i in range(n):
+        cart_id = fake_id("cart", i, salt)
+        order_id = fake_id("order", i, salt)
+        col_id = fake_id("paycol", i, salt)
+        ses_id = fake_id("payses", i, salt)
+        pay_id = fake_id("pay", i, salt)
+        pi = intents[i] if intents else fake_id("pi", i, salt)
+        status = statuses[i]
+        amount = 4800
+        captured = status == "captured"
+        created = authorized_at[i]
+        tables["carts"].append(dict(id=cart_id, email="bench@example.com", currency="usd", payment_intent_id=pi,
+                                    completed_at=created, created_at=created, updated_at=created))
+        tables["orders"].append(dict(
+            id=order_id, display_id=0, cart_id=cart_id, email="bench@example.com",
+            currency="usd", status="completed" if captured else "pending", total=amount, version=1,
+            grace_period_ends_at=due_at[i], trace_id=None, canceled_at=None, created_at=created, updated_at=created))
+        tables["payment_collections"].append(dict(id=col_id, cart_id=cart_id, order_id=order_id, currency="usd",
+                                                  amount=amount, created_at=created))
+        tables["payment_sessions"].append(dict(id=ses_id, payment_collection_id=col_id, stripe_payment_intent_id=pi,
+                                               idempotency_key=f"bench-{i}", amount=amount, currency="usd",
+                                               status="authorized", last_error=None, created_at=created,
+                                               updated_at=created))
+        tables["payments"].append(dict(
+            id=pay_id, payment_collection_id=col_id, payment_session_id=ses_id, order_id=order_id,
+            stripe_payment_intent_id=pi, stripe_charge_id=None, currency="usd", amount=amount,
+            captured_amount=amount if captured else 0, refunded_amount=0, status=status, authorized_at=created,
+            capture_due_at=due_at[i], capture_claimed_at=claimed_at[i] if claimed_at else None,
+            capture_attempts=1 if captured else 0, last_capture_error=None,
+            captured_at=due_at[i] if captured else None, canceled_at=None, cancellation_reason=None,
+            created_at=created, updated_at=created))
+    return tables
+
+
+def insert_rows(app, tables: dict[str, list[dict[str, Any]]], display_id_start: int = 1_000_000) -> None:
+    """Bulk insert with COPY on PostgreSQL, executemany on SQLite (FK order respected)."""
+    from app.extensions import db
+
+    for i, row in enumerate(tables["orders"]):
+        row["display_id"] = display_id_start + i
+    with app.app_context():
+        engine = db.engine
+        metadata = db.metadata
+        order = ["carts", "orders", "payment_collections", "payment_sessions", "payments"]
+        if engine.dialect.name == "postgresql":
+            raw = engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                for name in order:
+                    rows = tables[name]
+                    if not rows:
+                        continue
+                    cols = list(rows[0].keys())
+                    with cur.copy(f"COPY {name} ({', '.join(cols)}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row([row[c] for c in cols])
+                raw.commit()
+            finally:
+                raw.close()
+        else:
+            with engine.begin() as conn:
+                for name in order:
+                    rows = tables[name]
+                    table = metadata.tables[name]
+                    for start in range(0, len(rows), 50_000):
+                        conn.execute(table.insert(), rows[start:start + 50_000])
+        with engine.begin() as conn:
+            from sqlalchemy import text
+
+            conn.execute(text("ANALYZE"))
+
+
+# ----------------------------------------------------------------------------------- simulator
+
+
+@contextlib.contextmanager
+def simulator(procs: list[Proc], tmp: Path, webhook_url: str | None = None) -> Iterator[str]:
+    """`python -m stripe_sim` in its own process; yields its URL."""
+    port = free_port()
+    argv = [PYTHON, "-m", "stripe_sim", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    if webhook_url:
+        argv += ["--webhook-url", webhook_url, "--webhook-secret", WEBHOOK_SECRET]
+    proc = Proc("stripe_sim", argv, env=app_env("sqlite://", "redis://127.0.0.1:1/0"), log=tmp / "sim.log")
+    procs.append(proc)
+    wait_port(port)
+    yield f"http://127.0.0.1:{port}"
+
+
+def authorized_intents(sim_url: str, count: int, amount: int = 4800, threads: int = 8) -> list[str]:
+    """`count` PaymentIntents in `requires_capture` at the simulator (create with confirm=true, manual capture)."""
+    import concurrent.futures
+
+    import requests
+
+    def make(_: int) -> str:
+        with requests.Session() as s:
+            r = s.post(f"{sim_url}/v1/payment_intents", headers={"Authorization": "Bearer sk_test_bench"}, data={
+                "amount": amount, "currency": "usd", "capture_method": "manual", "confirm": "true",
+                "payment_method": "pm_card_visa"}, timeout=30)
+            body = r.json()
+            assert body.get("status") == "requires_capture", body
+            return body["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(make, range(count)))
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """Percentile by linear interpolation (p in 0..100); nan for no values."""
+    if not values:
+        return math.nan
+    data = sorted(values)
+    if len(data) == 1:
+        return data[0]
+    k = (len(data) - 1) * p / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p90": pct(values, 90),
+        "p99": pct(values, 99),
+        "max": max(values) if values else math.nan,
+        "min": min(values) if values else math.nan,
+        "mean": statistics.fmean(values) if values else math.nan,
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 3) -> str:
+    cells = [[fmt(c, digits) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    out = io.StringIO()
+    out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths)) + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for row in cells:
+        out.write("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) + "\n")
+    return out.getvalue()
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 3) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(c, digits) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_results(name: str, args: argparse.Namespace, payload: dict[str, Any]) -> Path | None:
+    if getattr(args, "no_save", False):
+        return None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if getattr(args, "quick", False) else ""
+    path = RESULTS / f"{name}{suffix}.json"
+    doc = {
+        "script": name,
+        "command": command_line(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{MACHINE_NOTE}; {platform.platform()}; Python {platform.python_version()}",
+        "quick": bool(getattr(args, "quick", False)),
+        **payload,
+    }
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"\nresults written to {os.path.relpath(path, ROOT)}")
+    return path
+
+
+def header(title: str) -> None:
+    print(f"== {title}")
+    print(f"   {dt.datetime.now().isoformat(timespec='seconds')}, {MACHINE_NOTE}, {command_line()}")
+
+
+def rand_token(n: int = 8) -> str:
+    return secrets.token_hex(n)
