@@ -21,6 +21,7 @@ from flask import Flask
 from sqlalchemy import and_, or_, select
 
 from app.extensions import db
+from app.log import trace
 from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments.capture_intents import CaptureIntentService, order_id_from_key
@@ -125,14 +126,15 @@ class CaptureListener:
         order_id = order_id_from_key(key or "")
         if order_id is None:
             return
-        with self.app.app_context():
+        # One trace per expiry: it follows the capture job into the worker's log lines.
+        with self.app.app_context(), trace(None):
             if enqueue_capture(order_id, "expiry"):
                 self.enqueued += 1
 
     def catch_up(self) -> int:
         """Enqueue every authorized payment whose deadline has passed (missed events)."""
         enqueued = 0
-        with self.app.app_context():
+        with self.app.app_context(), trace(None):
             now = utcnow()
             after = (utcnow() - timedelta(days=3650), "")
             while True:
