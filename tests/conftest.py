@@ -68,6 +68,8 @@ def app(redis_url: str, sim: SimServer, tmp_path_factory):
 
             upgrade()
         yield application
+        with application.app_context():
+            db.engine.dispose()  # close pooled connections before the interpreter exits
 
 
 def _reset_schema(db) -> None:
