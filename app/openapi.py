@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from app.money import SUPPORTED_CURRENCIES
+
 bp = Blueprint("openapi", __name__)
 
 
@@ -22,6 +24,7 @@ def _error(description: str) -> dict:
 ID = {"type": "string", "minLength": 1, "maxLength": 64}
 AMOUNT = {"type": "integer", "minimum": 0}
 CURRENCY = {"type": "string", "pattern": "^[a-z]{3}$"}
+ACCEPTED_CURRENCY = {"type": "string", "enum": sorted(SUPPORTED_CURRENCIES)}
 TIME = {"type": "string", "format": "date-time"}
 
 SCHEMAS = {
@@ -103,7 +106,7 @@ SCHEMAS = {
         "type": "object",
         "required": ["email", "currency"],
         "additionalProperties": False,
-        "properties": {"email": {"type": "string", "format": "email", "maxLength": 254}, "currency": CURRENCY},
+        "properties": {"email": {"type": "string", "format": "email", "maxLength": 254}, "currency": ACCEPTED_CURRENCY},
     },
     "NewLineItem": {
         "type": "object",
