@@ -80,7 +80,8 @@ def flask_config_from_env(instance_path: str) -> dict:
         "DEBUG": debug,
         "SQLALCHEMY_DATABASE_URI": database_url,
         "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
-        "MAX_CONTENT_LENGTH": 64 * 1024,
+        # The ceiling for any body (Stripe events can be tens of KB); the storefront allows less.
+        "MAX_CONTENT_LENGTH": 256 * 1024,
         "JSON_SORT_KEYS": False,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

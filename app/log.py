@@ -68,8 +68,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _install_trace_record_factory() -> None:
+    """Stamp the current trace id on every LogRecord when it is made (handlers may format later)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "stamps_trace_id", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        if not hasattr(record, "trace_id"):
+            record.trace_id = _trace_id.get()
+        return record
+
+    factory.stamps_trace_id = True
+    logging.setLogRecordFactory(factory)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Send every logger's output to stderr as JSON lines (idempotent)."""
+    _install_trace_record_factory()
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return

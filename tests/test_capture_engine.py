@@ -267,3 +267,22 @@ def test_worker_killed_mid_capture_gives_one_capture(app, client, sim, sim_contr
     drain_queues(app)
     assert _order(client, order["id"])["payment_status"] == "captured"
     assert len(captures_at_stripe(sim_control)) == 1
+
+
+def test_trace_id_of_the_cause_travels_with_the_capture_job(app, client, sim_control, settings, caplog):
+    import logging
+
+    from app.log import trace
+    from app.queues import CAPTURE_QUEUE, enqueue_capture, queue
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    with app.app_context(), trace("trace-from-the-expiry"):
+        enqueue_capture(order["id"], "expiry")
+        [job] = queue(CAPTURE_QUEUE).get_jobs()
+        assert job.meta["trace_id"] == "trace-from-the-expiry"
+    caplog.set_level(logging.INFO)
+    drain_queues(app)
+    captured_lines = [r for r in caplog.records if r.getMessage() == "payment captured"]
+    assert [record.trace_id for record in captured_lines] == ["trace-from-the-expiry"]

@@ -11,6 +11,7 @@ from app.errors import ApiError, InvalidRequest
 from app.money import is_valid_currency
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+MAX_BODY_BYTES = 64 * 1024
 
 
 def json_body(*, required: bool = True) -> dict[str, Any]:
@@ -19,6 +20,8 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
         if required:
             raise InvalidRequest("A JSON body is required.", code="invalid_request")
         return {}
+    if request.content_length and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(f"The body may not exceed {MAX_BODY_BYTES} bytes.", code="payload_too_large", status=413)
     if not request.is_json:
         raise ApiError("Send the body as application/json.", code="unsupported_media_type", status=415)
     data = request.get_json(silent=True)
