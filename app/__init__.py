@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import errors, security
 from app.config import ConfigError, flask_config_from_env
@@ -32,6 +33,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             app.config["SECRET_KEY"] = "dev-only-not-secret"
         else:
             raise ConfigError("SECRET_KEY must be set (or FLASK_DEBUG=1 for development)")
+
+    hops = app.config["ENGINE"].trusted_proxy_hops
+    if hops:
+        # Behind Heroku's router (1 hop): the client's address and scheme come from X-Forwarded-*.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     from app import models  # noqa: F401  (register every table with the metadata)
 

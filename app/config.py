@@ -48,6 +48,7 @@ class Settings:
     stripe_max_network_retries: int
     stripe_timeout_seconds: int
     cors_origins: tuple[str, ...]
+    trusted_proxy_hops: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -63,6 +64,7 @@ class Settings:
             stripe_max_network_retries=_int("STRIPE_MAX_NETWORK_RETRIES", 2),
             stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 20),
             cors_origins=origins,
+            trusted_proxy_hops=_int("TRUSTED_PROXY_HOPS", 0),
         )
 
 

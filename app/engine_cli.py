@@ -42,6 +42,21 @@ def register_periodic_sweep(scheduler, interval: int) -> bool:
     return True
 
 
+def engine_scheduler(connection, sweep_interval: int, poll_interval: int = 5):
+    """rq-scheduler that puts the sweep back if Redis lost its schedule (a restart, a flush)."""
+    from rq_scheduler import Scheduler
+
+    class EngineScheduler(Scheduler):
+        def enqueue_jobs(self):
+            # Runs under rq-scheduler's lock, so only the active copy re-registers.
+            if SWEEP_JOB_ID not in self:
+                register_periodic_sweep(self, sweep_interval)
+                log.warning("fallback sweep was not scheduled (Redis lost it?): scheduled again")
+            return super().enqueue_jobs()
+
+    return EngineScheduler(queue_name="default", connection=connection, interval=poll_interval)
+
+
 def init_app(app: Flask) -> None:
     @app.cli.command("capture-listener")
     def capture_listener_command() -> None:
@@ -86,10 +101,8 @@ def init_app(app: Flask) -> None:
     @click.option("--burst", is_flag=True, help="Enqueue what is due once, then stop.")
     def scheduler_command(burst: bool) -> None:
         """Run rq-scheduler with the periodic fallback sweep (the `scheduler` process)."""
-        from rq_scheduler import Scheduler
-
         settings = current_app.config["ENGINE"]
-        scheduler = Scheduler(queue_name="default", connection=current_app.extensions["redis"], interval=5)
+        scheduler = engine_scheduler(current_app.extensions["redis"], settings.fallback_sweep_interval_seconds)
         if register_periodic_sweep(scheduler, settings.fallback_sweep_interval_seconds):
             log.info("fallback sweep scheduled", extra={"interval": settings.fallback_sweep_interval_seconds})
         # rq-scheduler holds a lock in Redis: a second copy waits instead of enqueuing twice.

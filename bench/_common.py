@@ -47,6 +47,7 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, under 30 s (a smoke test)")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/<name>.json")
+    parser.add_argument("--results-name", default=None, help="write bench/results/<this>.json instead")
     return parser
 
 
@@ -252,17 +253,22 @@ def fake_id(prefix: str, n: int, salt: str) -> str:
 
 def order_rows(n: int, *, now: dt.datetime, salt: str, statuses: Sequence[str], due_at: Sequence[dt.datetime],
                authorized_at: Sequence[dt.datetime], intents: Sequence[str] | None = None,
-               claimed_at: Sequence[dt.datetime | None] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Rows for carts, orders, payment_collections, payment_sessions and payments: one chain per order."""
+               claimed_at: Sequence[dt.datetime | None] | None = None,
+               offset: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Rows for carts, orders, payment_collections, payment_sessions and payments: one chain per order.
+
+    Ids are numbered from `offset`, so batches with the same salt do not collide.
+    """
     tables: dict[str, list[dict[str, Any]]] = {t: [] for t in ("carts", "orders", "payment_collections",
                                                                  "payment_sessions", "payments")}
     for i in range(n):
-        cart_id = fake_id("cart", i, salt)
-        order_id = fake_id("order", i, salt)
-        col_id = fake_id("paycol", i, salt)
-        ses_id = fake_id("payses", i, salt)
-        pay_id = fake_id("pay", i, salt)
-        pi = intents[i] if intents else fake_id("pi", i, salt)
+        k = offset + i
+        cart_id = fake_id("cart", k, salt)
+        order_id = fake_id("order", k, salt)
+        col_id = fake_id("paycol", k, salt)
+        ses_id = fake_id("payses", k, salt)
+        pay_id = fake_id("pay", k, salt)
+        pi = intents[i] if intents else fake_id("pi", k, salt)
         status = statuses[i]
         amount = 4800
         captured = status == "captured"
@@ -276,7 +282,7 @@ def order_rows(n: int, *, now: dt.datetime, salt: str, statuses: Sequence[str], 
         tables["payment_collections"].append(dict(id=col_id, cart_id=cart_id, order_id=order_id, currency="usd",
                                                   amount=amount, created_at=created))
         tables["payment_sessions"].append(dict(id=ses_id, payment_collection_id=col_id, stripe_payment_intent_id=pi,
-                                               idempotency_key=f"bench-{i}", amount=amount, currency="usd",
+                                               idempotency_key=f"bench-{k}", amount=amount, currency="usd",
                                                status="authorized", last_error=None, created_at=created,
                                                updated_at=created))
         tables["payments"].append(dict(
@@ -430,6 +436,7 @@ def save_results(name: str, args: argparse.Namespace, payload: dict[str, Any]) -
         return None
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if getattr(args, "quick", False) else ""
+    name = getattr(args, "results_name", None) or name
     path = RESULTS / f"{name}{suffix}.json"
     doc = {
         "script": name,
@@ -451,3 +458,41 @@ def header(title: str) -> None:
 
 def rand_token(n: int = 8) -> str:
     return secrets.token_hex(n)
+
+
+# ------------------------------------------------------------------------------------- gunicorn
+
+
+GUNICORN_SETTINGS = ["-w", "2", "--threads", "4"]
+
+
+def gunicorn(procs: list[Proc], tmp: Path, name: str, app_spec: str, env: dict[str, str],
+             chdir: Path | None = None, health_path: str | None = None) -> str:
+    """`gunicorn APP -w 2 --threads 4` on a free port (the Procfile's web settings); returns its base URL."""
+    port = free_port()
+    argv = [str(VENV_BIN / "gunicorn"), app_spec, *GUNICORN_SETTINGS, "--bind", f"127.0.0.1:{port}",
+            "--graceful-timeout", "5", "--log-level", "warning"]
+    if chdir:
+        argv += ["--chdir", str(chdir)]
+    proc = Proc(f"gunicorn-{name}", argv, env=env, log=tmp / f"gunicorn-{name}.log")
+    procs.append(proc)
+    wait_port(port, 30)
+    url = f"http://127.0.0.1:{port}"
+    if health_path:
+        import requests
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + health_path, timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not healthy: " + proc.log_tail())
+            time.sleep(0.2)
+    return url
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None

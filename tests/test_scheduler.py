@@ -45,3 +45,15 @@ def test_the_scheduled_sweep_runs_on_a_worker_and_records_its_result(app):
     drain_queues(app)
     last = json.loads(app.extensions["redis"].get("sweep:last"))
     assert last["enqueued"] == 0 and "at" in last and "duration_ms" in last
+
+
+def test_the_scheduler_puts_the_sweep_back_after_redis_lost_it(app):
+    from app.engine_cli import engine_scheduler
+
+    with app.app_context():
+        scheduler = engine_scheduler(app.extensions["redis"], 300, poll_interval=1)
+        register_periodic_sweep(scheduler, 300)
+        app.extensions["redis"].flushdb()  # Redis restarted without persistence
+        engine_scheduler(app.extensions["redis"], 300, poll_interval=1).run(burst=True)
+        assert SWEEP_JOB_ID in _scheduler(app)
+        assert queue(DEFAULT_QUEUE).get_job_ids() == [SWEEP_JOB_ID]  # and it is due at once

@@ -42,7 +42,13 @@ PAYMENT_STATUS_TONES = {
     "refunded": "neutral",
     "canceled": "muted",
 }
-CAPTURE_STATUS_TONES = {"scheduled": "info", "in_progress": "info", "succeeded": "ok", "failed": "bad", "canceled": "muted"}
+CAPTURE_STATUS_TONES = {
+    "scheduled": "info",
+    "in_progress": "info",
+    "succeeded": "ok",
+    "failed": "bad",
+    "canceled": "muted",
+}
 
 
 def iso_ms(value: datetime) -> str:
@@ -115,10 +121,12 @@ def countdown(order: Order, payment: Payment | None, now: datetime | None = None
         if at is None:
             return Countdown(ends_at, "captured", "captured", ends_text)
         same_day = at.astimezone(timezone.utc).date() == now.astimezone(timezone.utc).date()
-        text = at.astimezone(timezone.utc).strftime("captured at %H:%M:%S UTC" if same_day else "captured %Y-%m-%d %H:%M UTC")
+        pattern = "captured at %H:%M:%S UTC" if same_day else "captured %Y-%m-%d %H:%M UTC"
+        text = at.astimezone(timezone.utc).strftime(pattern)
         return Countdown(ends_at, "captured", text, f"Captured {utc_text(at)}")
     if status == PaymentStatus.CAPTURE_FAILED:
-        return Countdown(ends_at, "failed", "capture failed", payment.last_capture_error or "Stripe refused the capture")
+        why = payment.last_capture_error or "Stripe refused the capture"
+        return Countdown(ends_at, "failed", "capture failed", why)
     if status == PaymentStatus.CANCELING:
         return Countdown(ends_at, "canceled", "canceling…", ends_text)
     return Countdown(ends_at, "canceled", "canceled", f"Canceled {utc_text(payment.canceled_at)}")

@@ -22,7 +22,7 @@ CAPTURE_STATUSES = ("scheduled", "in_progress", "succeeded", "failed", "canceled
 SHOW_CHOICES = {"": "All orders", "grace": "In grace period", "attention": "Needs attention"}
 MAX_SEARCH_LENGTH = 254
 
-_DECIMAL = re.compile(r"^(\d+)(?:\.(\d*))?$")
+_DECIMAL = re.compile(r"^(\d+)(?:\.(\d*))?$", re.ASCII)
 
 
 class AmountError(ValueError):
@@ -37,7 +37,7 @@ def parse_amount(text: str | None, currency: str) -> int:
     """
     raw = (text or "").strip().replace("\u00a0", "").replace(" ", "")
     # Thousands separators as `format_amount` prints them ("1,234.50").
-    if re.fullmatch(r"\d{1,3}(,\d{3})+(\.\d*)?", raw):
+    if re.fullmatch(r"\d{1,3}(,\d{3})+(\.\d*)?", raw, re.ASCII):
         raw = raw.replace(",", "")
     match = _DECIMAL.match(raw)
     if not match:

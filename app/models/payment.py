@@ -22,6 +22,8 @@ class PaymentSessionStatus:
     """A PaymentIntent exists; the customer has not paid yet."""
     AUTHORIZED = "authorized"
     """Stripe reports the PaymentIntent `requires_capture`."""
+    CAPTURED = "captured"
+    """The PaymentIntent was captured (`succeeded`)."""
     REQUIRES_MORE = "requires_more"
     """The customer must act (3-D Secure)."""
     ERROR = "error"

@@ -33,6 +33,8 @@ def payment_intent_idempotency_key(cart_id: str, amount: int, currency: str, gen
 def session_status_for(intent: PaymentIntent) -> str:
     if intent.status == "requires_capture":
         return PaymentSessionStatus.AUTHORIZED
+    if intent.status == "succeeded":
+        return PaymentSessionStatus.CAPTURED
     if intent.status == "canceled":
         return PaymentSessionStatus.CANCELED
     if intent.status == "requires_action":
