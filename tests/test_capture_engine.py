@@ -286,3 +286,23 @@ def test_trace_id_of_the_cause_travels_with_the_capture_job(app, client, sim_con
     drain_queues(app)
     captured_lines = [r for r in caplog.records if r.getMessage() == "payment captured"]
     assert [record.trace_id for record in captured_lines] == ["trace-from-the-expiry"]
+
+
+def test_batched_enqueue_queues_each_capture_once_and_replaces_finished_jobs(app):
+    from rq.job import Job
+
+    from app.queues import CAPTURE_QUEUE, capture_job_id, enqueue_captures, queue
+
+    ids = [f"order_batch{i}" for i in range(50)]
+    with app.app_context():
+        assert enqueue_captures(ids, "expiry") == 50
+        assert enqueue_captures(ids[:10], "expiry") == 0  # a second listener's batch
+        captures = queue(CAPTURE_QUEUE)
+        assert sorted(captures.get_job_ids()) == sorted(capture_job_id(i) for i in ids)
+        job = Job.fetch(capture_job_id(ids[0]), connection=captures.connection)
+        assert job.meta["trace_id"] and job.args == (ids[0], "expiry")
+        # an earlier attempt's failed job still holds the id: it is replaced, not a blocker
+        captures.remove(job)
+        job.set_status("failed")
+        assert enqueue_captures([ids[0]], "catch_up") == 1
+        assert captures.get_job_ids().count(capture_job_id(ids[0])) == 1

@@ -46,8 +46,12 @@ def test_signed_but_malformed_body_is_400(client):
 def test_unknown_event_type_is_stored_and_answered_200(client, db_session):
     from app.models import WebhookEvent
 
-    response = signed_delivery(client, event_for("customer.created", "cus_1", event_id="evt_unknown_type"))
-    assert response.status_code == 200
+    event = event_for("customer.created", "cus_1", event_id="evt_unknown_type")
+    response = signed_delivery(client, event)
+    assert response.status_code == 200 and response.get_json()["duplicate"] is False
+    again = signed_delivery(client, event)
+    assert again.status_code == 200 and again.get_json()["duplicate"] is True
+    assert db_session.query(WebhookEvent).count() == 1
     row = db_session.get(WebhookEvent, "evt_unknown_type")
     assert row.type == "customer.created" and row.processed_at is not None
 

@@ -105,7 +105,9 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
             amount_to_capture=amount,
             idempotency_key=capture_idempotency_key(payment.id),
         )
-    except (RateLimited, ProviderUnavailable) as exc:
+    except RateLimited as exc:
+        return _after_rate_limit(payment, amount, trigger, exc)
+    except ProviderUnavailable as exc:
         return _after_ambiguous_failure(payment, amount, trigger, exc)
     except (CardDeclined, InvalidRequest, IdempotencyConflict) as exc:
         return _after_refusal(payment, amount, trigger, exc)
@@ -142,6 +144,15 @@ def _current_intent(payment: Payment) -> PaymentIntent | None:
     except PaymentProviderError as exc:
         log.warning("could not retrieve payment intent to reconcile", extra={"payment_id": payment.id, "error": exc.message})
         return None
+
+
+def _after_rate_limit(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
+    """A 429 means Stripe did nothing: no reconcile needed (it would spend another request); retry later."""
+    with write_transaction():
+        transitions.release_capture_claim(payment.id, error=f"retrying: {exc.message}"[:500])
+    _record_attempt(payment, "retrying", amount, trigger, error=exc.message[:500])
+    log.warning("capture rate limited; will be retried", extra={"payment_id": payment.id})
+    raise CaptureRetryLater(exc.message) from exc
 
 
 def _after_ambiguous_failure(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:

@@ -9,7 +9,6 @@ The deadline also lives on the order in the database, the source of truth if Red
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from datetime import datetime
@@ -53,7 +52,8 @@ class CaptureIntentService:
             ttl_ms = deadline_ms - int(now.timestamp() * 1000)
             if ttl_ms <= 0:
                 return False
-        value = json.dumps({"order_id": order_id, "deadline_ms": deadline_ms})
+        # The key names the order; the value is the deadline (an integer Redis stores without an allocation).
+        value = deadline_ms
         pipe = self.redis.pipeline(transaction=True)
         if deadline is None and ttl_ms % 1000 == 0:
             pipe.set(intent_key(order_id), value, nx=True, ex=ttl_ms // 1000)

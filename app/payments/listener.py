@@ -21,11 +21,10 @@ from flask import Flask
 from sqlalchemy import and_, or_, select
 
 from app.extensions import db
-from app.log import trace
 from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments.capture_intents import CaptureIntentService, order_id_from_key
-from app.queues import enqueue_capture
+from app.queues import enqueue_captures
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,7 @@ HEARTBEAT_KEY = "capture_listener:heartbeats"  # hash: listener name → unix ti
 HEARTBEAT_INTERVAL = 5.0
 TOUCH_INTERVAL = 0.2
 CATCH_UP_BATCH = 500
+MAX_BATCH = 1000  # expiry events enqueued per Redis round trip
 MAX_BACKOFF = 30.0
 
 
@@ -104,8 +104,17 @@ class CaptureListener:
             next_touch = 0.0
             while not self.stop_event.is_set():
                 message = pubsub.get_message(timeout=TOUCH_INTERVAL)
-                if message is not None:
-                    self._on_message(message)
+                batch: list[str] = []
+                while message is not None:
+                    order_id = self._order_id(message)
+                    if order_id:
+                        batch.append(order_id)
+                    if len(batch) >= MAX_BATCH:
+                        break
+                    message = pubsub.get_message(timeout=0)  # only what has already arrived
+                if batch:
+                    with self.app.app_context():
+                        self.enqueued += enqueue_captures(batch, "expiry")
                 now = time.monotonic()
                 if now >= next_touch:
                     self.intents.expire_due_keys(int(time.time() * 1000))
@@ -119,22 +128,17 @@ class CaptureListener:
             except Exception:  # closing a broken connection may fail; nothing to do
                 pass
 
-    def _on_message(self, message: dict) -> None:
+    @staticmethod
+    def _order_id(message: dict) -> str | None:
         key = message.get("data")
         if isinstance(key, bytes):
             key = key.decode()
-        order_id = order_id_from_key(key or "")
-        if order_id is None:
-            return
-        # One trace per expiry: it follows the capture job into the worker's log lines.
-        with self.app.app_context(), trace(None):
-            if enqueue_capture(order_id, "expiry"):
-                self.enqueued += 1
+        return order_id_from_key(key or "") if isinstance(key, str) else None
 
     def catch_up(self) -> int:
         """Enqueue every authorized payment whose deadline has passed (missed events)."""
         enqueued = 0
-        with self.app.app_context(), trace(None):
+        with self.app.app_context():
             now = utcnow()
             after = (utcnow() - timedelta(days=3650), "")
             while True:
@@ -152,9 +156,7 @@ class CaptureListener:
                     .limit(CATCH_UP_BATCH)
                 ).all()
                 db.session.rollback()
-                for due_at, payment_id, order_id in rows:
-                    if enqueue_capture(order_id, "catch_up"):
-                        enqueued += 1
+                enqueued += enqueue_captures([order_id for _, _, order_id in rows], "catch_up")
                 if len(rows) < CATCH_UP_BATCH:
                     break
                 after = (rows[-1][0], rows[-1][1])

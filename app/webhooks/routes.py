@@ -10,7 +10,8 @@ from app.errors import ApiError, ServiceUnavailable
 from app.payments.stripe_gateway import WebhookSignatureError, verify_webhook
 from app.webhooks import bp
 from app.webhooks.processing import ProcessingFailed, process_event
-from app.webhooks.store import store_event
+from app.webhooks.handlers import HANDLERS
+from app.webhooks.store import store_event, store_unhandled_event
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ def stripe_webhook():
     except ValueError:
         raise ApiError("The signed body is not valid JSON.", code="malformed_json", status=400) from None
 
+    if event["type"] not in HANDLERS:
+        stored = store_unhandled_event(event, payload, g.get("trace_id"))
+        log.info("webhook event stored", extra={"event_id": event["id"], "event_type": event["type"], "duplicate": not stored})
+        return jsonify({"received": True, "duplicate": not stored})
     row = store_event(event, payload, g.get("trace_id"))
     log.info("webhook event received", extra={"event_id": row.id, "event_type": row.type, "attempts": row.attempts})
     if row.processed_at is not None:
