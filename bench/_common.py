@@ -7,6 +7,7 @@ Nothing here is measured; it only sets things up. Every process the scripts star
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime as dt
 import io
@@ -124,8 +125,29 @@ def processes() -> Iterator[list[Proc]]:
                 print(f"warning: could not stop {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
 
 
+_failed = False
+
+
+def _mark_failed(*exc_info) -> None:
+    global _failed
+    _failed = True
+    sys.__excepthook__(*exc_info)
+
+
+sys.excepthook = _mark_failed
+
+
 def workdir(name: str) -> Path:
+    """A temporary directory for logs and files; removed at exit unless the run failed or BENCH_KEEP is set."""
     path = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+
+    def cleanup() -> None:
+        if _failed or os.environ.get("BENCH_KEEP"):
+            print(f"(logs and files kept in {path})", file=sys.stderr)
+            return
+        shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(cleanup)
     return path
 
 
