@@ -49,6 +49,7 @@ class Settings:
     stripe_timeout_seconds: int
     cors_origins: tuple[str, ...]
     trusted_proxy_hops: int
+    stripe_max_requests_per_second: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -65,6 +66,7 @@ class Settings:
             stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 20),
             cors_origins=origins,
             trusted_proxy_hops=_int("TRUSTED_PROXY_HOPS", 0),
+            stripe_max_requests_per_second=_int("STRIPE_MAX_REQUESTS_PER_SECOND", 0),
         )
 
 

@@ -20,6 +20,7 @@ from app.payments.errors import (
     RateLimited,
     ResourceMissing,
 )
+from app.payments.rate_limit import RateLimitWaitTooLong, SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,9 @@ def _translate(exc: stripe.StripeError) -> PaymentProviderError:
 class StripeGateway:
     """The Stripe calls the engine makes; every write takes the caller's idempotency key."""
 
-    def __init__(self, api_key: str, *, api_base: str | None, max_network_retries: int, timeout: int):
+    def __init__(self, api_key: str, *, api_base: str | None, max_network_retries: int, timeout: int,
+                 limiter: SharedRateLimiter | None = None):
+        self._limiter = limiter
         http_client = stripe.RequestsClient(timeout=timeout)
         base_addresses = {"api": api_base} if api_base else None
         self._client = stripe.StripeClient(
@@ -177,7 +180,11 @@ class StripeGateway:
 
     def _call(self, description: str, fn, *args, **kwargs):
         try:
+            if self._limiter is not None:
+                self._limiter.acquire()
             return fn(*args, **kwargs)
+        except RateLimitWaitTooLong as exc:
+            raise RateLimited(str(exc), code="rate_limit_local") from exc
         except stripe.StripeError as exc:
             translated = _translate(exc)
             log.info(
@@ -293,11 +300,15 @@ def init_app(app: Flask) -> None:
     settings = app.config["ENGINE"]
     gateway = None
     if settings.stripe_secret_key:
+        limiter = None
+        if settings.stripe_max_requests_per_second and app.extensions.get("redis") is not None:
+            limiter = SharedRateLimiter(app.extensions["redis"], settings.stripe_max_requests_per_second)
         gateway = StripeGateway(
             settings.stripe_secret_key,
             api_base=settings.stripe_api_base,
             max_network_retries=settings.stripe_max_network_retries,
             timeout=settings.stripe_timeout_seconds,
+            limiter=limiter,
         )
     app.extensions["stripe_gateway"] = gateway
 
