@@ -29,7 +29,7 @@ LIMIT = 100.0
 
 
 def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float | None, time_limit: float,
-          tag: str, worker_count: int = 2, what_if: bool = False) -> dict:
+          tag: str, worker_count: int = 2, what_if: bool = False, budget: int = 0) -> dict:
     from sqlalchemy import text
 
     from app.extensions import db
@@ -57,7 +57,7 @@ def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float
 
     workers = []
     argv = [str(c.VENV_BIN / "flask"), "--app", "wsgi", "worker"]
-    worker_env = lab_env
+    worker_env = dict(lab_env, STRIPE_MAX_REQUESTS_PER_SECOND=str(budget)) if budget else lab_env
     if what_if:
         argv = [c.PYTHON, str(c.BENCH / "_whatif_worker.py")]
         worker_env = dict(lab_env, STRIPE_MAX_REQUESTS_PER_SECOND=str((limit or 1000) * 0.95))
@@ -159,6 +159,8 @@ def main() -> int:
     parser.add_argument("--time-limit", type=float, default=None, help="stop waiting after this many seconds")
     parser.add_argument("--baseline", action="store_true", help="also drain once with no rate limit")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2, the brief's)")
+    parser.add_argument("--budget", type=int, default=0,
+                        help="also drain with the app's shared Stripe budget (STRIPE_MAX_REQUESTS_PER_SECOND)")
     parser.add_argument("--limit", type=float, default=LIMIT, help="requests/s the simulator allows (default 100)")
     parser.add_argument("--what-if", action="store_true",
                         help="also drain with bench/_whatif_worker.py (no retrieve after a 429, shared token bucket "
@@ -180,6 +182,9 @@ def main() -> int:
                                  args.workers))
         results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit, f"{limit:.0f}/s",
                              args.workers))
+        if args.budget:
+            results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit,
+                                 f"{limit:.0f}/s, app budget {args.budget}/s", args.workers, budget=args.budget))
         if args.what_if:
             results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit,
                                  f"{limit:.0f}/s what-if", args.workers, what_if=True))
