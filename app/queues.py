@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 
 from flask import current_app
 from rq import Queue, Retry
@@ -32,6 +33,26 @@ def queue(name: str = CAPTURE_QUEUE) -> Queue:
 def capture_job_id(order_id: str) -> str:
     """`capture-{order_id}`: the design's `capture:{order_id}`, spelled as RQ 2 allows job ids ([A-Za-z0-9_-])."""
     return f"capture-{order_id}"
+
+
+def _will_never_run(job: Job, status: JobStatus | None, captures: Queue) -> bool:
+    """A job that holds the id but that nothing will run (found by the chaos run, docs/reliability.md).
+
+    Capturing twice is harmless (the claim is a compare-and-set, the Stripe key is per
+    payment), so a fallback path may replace such a job:
+    - scheduled for a retry, while RQ's scheduler may be dead for up to 10 minutes after a Redis restart;
+    - queued but in no queue: a worker popped it and was killed before starting it;
+    - started long ago: its worker died (the job timeout is enforced, so it is not still running).
+    """
+    if status == JobStatus.SCHEDULED:
+        return True
+    if status == JobStatus.QUEUED:
+        return captures.connection.lpos(captures.key, job.id) is None
+    if status == JobStatus.STARTED and job.started_at is not None:
+        started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
+        limit = timedelta(seconds=(job.timeout or CAPTURE_JOB_TIMEOUT) + 30)
+        return datetime.now(timezone.utc) - started > limit
+    return False
 
 
 def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = False) -> bool:
@@ -69,7 +90,12 @@ def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = Fals
             except NoSuchJobError:
                 continue
             status = old.get_status(refresh=True)
-            if status not in _FINISHED and not (replace_started and status == JobStatus.STARTED):
+            replaceable = (
+                status in _FINISHED
+                or (replace_started and status == JobStatus.STARTED)
+                or _will_never_run(old, status, captures)
+            )
+            if not replaceable:
                 return False
             old.delete()
     return False
