@@ -23,6 +23,7 @@ QUEUE_NAMES = (CAPTURE_QUEUE, DEFAULT_QUEUE)
 CAPTURE_RETRY = Retry(max=6, interval=[5, 15, 60, 180, 600, 1800])
 CAPTURE_JOB_TIMEOUT = 120
 FAILED_JOB_TTL = 7 * 24 * 3600
+STALE_STARTED_JOB = timedelta(seconds=30)
 _FINISHED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
@@ -42,7 +43,9 @@ def _will_never_run(job: Job, status: JobStatus | None, captures: Queue) -> bool
     payment), so a fallback path may replace such a job:
     - scheduled for a retry, while RQ's scheduler may be dead for up to 10 minutes after a Redis restart;
     - queued but in no queue: a worker popped it and was killed before starting it;
-    - started long ago: its worker died (the job timeout is enforced, so it is not still running).
+    - started long ago: a capture job claims its payment within milliseconds of starting, so one
+      started more than STALE_STARTED_JOB ago died or is past its claim; a second job then either
+      claims a payment nobody holds or finds it claimed and stops.
     """
     if status == JobStatus.SCHEDULED:
         return True
@@ -50,8 +53,7 @@ def _will_never_run(job: Job, status: JobStatus | None, captures: Queue) -> bool
         return captures.connection.lpos(captures.key, job.id) is None
     if status == JobStatus.STARTED and job.started_at is not None:
         started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
-        limit = timedelta(seconds=(job.timeout or CAPTURE_JOB_TIMEOUT) + 30)
-        return datetime.now(timezone.utc) - started > limit
+        return datetime.now(timezone.utc) - started > STALE_STARTED_JOB
     return False
 
 
