@@ -23,6 +23,7 @@ QUEUE_NAMES = (CAPTURE_QUEUE, DEFAULT_QUEUE)
 CAPTURE_RETRY = Retry(max=6, interval=[5, 15, 60, 180, 600, 1800])
 CAPTURE_JOB_TIMEOUT = 120
 FAILED_JOB_TTL = 7 * 24 * 3600
+# A job popped from the queue but not marked started after this long lost its worker.
 STALE_STARTED_JOB = timedelta(seconds=30)
 _FINISHED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
@@ -43,21 +44,27 @@ def _will_never_run(job: Job, status: JobStatus | None, captures: Queue) -> bool
     payment), so a fallback path may replace such a job:
     - scheduled for a retry, while RQ's scheduler may be dead for up to 10 minutes after a Redis restart;
     - queued but in no queue: a worker popped it and was killed before starting it;
-    - started long ago: a capture job claims its payment within milliseconds of starting, so one
-      started more than STALE_STARTED_JOB ago died or is past its claim; a second job then either
-      claims a payment nobody holds or finds it claimed and stops.
+    - started longer ago than the job timeout: its worker died.
+    Only the fallback paths (sweep, catch-up) pass `replace_stale`: a second listener's event
+    for a job a worker popped a moment ago must not queue it again.
     """
     if status == JobStatus.SCHEDULED:
         return True
     if status == JobStatus.QUEUED:
-        return captures.connection.lpos(captures.key, job.id) is None
+        # Popped a moment ago by a live worker looks the same until it marks the job started: wait a while.
+        enqueued = job.enqueued_at
+        if enqueued is not None and enqueued.tzinfo is None:
+            enqueued = enqueued.replace(tzinfo=timezone.utc)
+        old_enough = enqueued is None or datetime.now(timezone.utc) - enqueued > STALE_STARTED_JOB
+        return old_enough and captures.connection.lpos(captures.key, job.id) is None
     if status == JobStatus.STARTED and job.started_at is not None:
+        # RQ enforces the job timeout, so a job started longer ago than that is not running any more.
         started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=timezone.utc)
-        return datetime.now(timezone.utc) - started > STALE_STARTED_JOB
+        return datetime.now(timezone.utc) - started > timedelta(seconds=CAPTURE_JOB_TIMEOUT + 30)
     return False
 
 
-def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = False) -> bool:
+def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = False, replace_stale: bool = False) -> bool:
     """Queue the order's capture under job id `capture-{order_id}`; False if it is already queued or running.
 
     RQ's `unique=True` makes the check-and-enqueue atomic in Redis, so several listeners,
@@ -95,7 +102,7 @@ def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = Fals
             replaceable = (
                 status in _FINISHED
                 or (replace_started and status == JobStatus.STARTED)
-                or _will_never_run(old, status, captures)
+                or (replace_stale and _will_never_run(old, status, captures))
             )
             if not replaceable:
                 return False
@@ -122,7 +129,7 @@ def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | N
     return job
 
 
-def enqueue_captures(order_ids: list[str], trigger: str) -> int:
+def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool = False) -> int:
     """Many captures in one Redis round trip, with `enqueue_capture`'s exactly-once semantics.
 
     At 100k live grace periods expiries arrive faster than one round trip per job allows
@@ -150,6 +157,6 @@ def enqueue_captures(order_ids: list[str], trigger: str) -> int:
             if created:
                 queued += 1
                 log.info("capture enqueued", extra={"order_id": order_id, "trigger": trigger})
-            elif enqueue_capture(order_id, trigger):
+            elif enqueue_capture(order_id, trigger, replace_stale=replace_stale):
                 queued += 1
     return queued

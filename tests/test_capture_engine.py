@@ -308,22 +308,28 @@ def test_batched_enqueue_queues_each_capture_once_and_replaces_finished_jobs(app
         assert captures.get_job_ids().count(capture_job_id(ids[0])) == 1
 
 
-def test_a_job_no_worker_will_run_is_replaced_by_the_fallback(app):
+def test_a_job_no_worker_will_run_is_replaced_by_the_fallback(app, monkeypatch):
     """Chaos-run findings: a job popped by a killed worker, or a retry whose scheduler died."""
+    from datetime import timedelta
+
     from rq.job import Job
 
+    from app import queues
     from app.queues import CAPTURE_QUEUE, capture_job_id, enqueue_capture, queue
 
     with app.app_context():
         captures = queue(CAPTURE_QUEUE)
         assert enqueue_capture("order_popped", "expiry")
-        captures.connection.lpop(captures.key)  # a worker took it and died before starting it
-        assert enqueue_capture("order_popped", "sweep") is True
+        captures.connection.lpop(captures.key)  # a worker took it a moment ago...
+        assert enqueue_capture("order_popped", "expiry") is False  # the second listener's event: no duplicate
+        assert enqueue_capture("order_popped", "sweep", replace_stale=True) is False  # ...and may still start it
+        monkeypatch.setattr(queues, "STALE_STARTED_JOB", timedelta(0))  # ...or died before starting it
+        assert enqueue_capture("order_popped", "sweep", replace_stale=True) is True
         assert captures.get_job_ids() == [capture_job_id("order_popped")]
 
         assert enqueue_capture("order_waiting", "expiry")
-        assert enqueue_capture("order_waiting", "sweep") is False  # really queued: not twice
+        assert enqueue_capture("order_waiting", "sweep", replace_stale=True) is False  # really queued: not twice
         job = Job.fetch(capture_job_id("order_waiting"), connection=captures.connection)
         captures.remove(job)
         job.set_status("scheduled")  # a retry RQ's scheduler may not run for minutes
-        assert enqueue_capture("order_waiting", "catch_up") is True
+        assert enqueue_capture("order_waiting", "catch_up", replace_stale=True) is True

@@ -53,7 +53,7 @@ def test_higher_total_edit_increments_the_authorization(client, sim_control):
     edited = response.get_json()["order"]
     assert edited["total"] == 3 * first["unit_amount"] == edited["authorized_amount"]
     [increment] = _ledger_ops(sim_control, "increment")
-    assert increment["amount"] == edited["total"] and increment["idempotency_key"] == f"edit:{order['id']}:2"
+    assert increment["amount"] == edited["total"] and increment["idempotency_key"] == f"edit:{order['id']}:2:{edited['total']}"
 
 
 @pytest.mark.parametrize("behavior, code", [("decline", "authorization_increase_declined"),

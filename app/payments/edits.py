@@ -144,11 +144,14 @@ def edit_order(order_id: str, lines: list[EditLine]) -> Order:
 
 def _increment(payment: Payment, new_total: int, order_id: str, version: int) -> int:
     """Raise the authorization to `new_total` at Stripe; returns the new authorized amount."""
+    gateway = get_gateway()
     try:
-        intent = get_gateway().increment_authorization(
+        # The key names the edit (order, version) and its amount: retrying this edit is safe, and a
+        # different edit after a lost answer is not refused as an idempotency conflict.
+        intent = gateway.increment_authorization(
             payment.stripe_payment_intent_id,
             amount=new_total,
-            idempotency_key=f"edit:{order_id}:{version + 1}",
+            idempotency_key=f"edit:{order_id}:{version + 1}:{new_total}",
         )
     except CardDeclined as exc:
         raise PaymentRequired(f"The card issuer declined the higher amount: {exc.message}",
@@ -156,6 +159,11 @@ def _increment(payment: Payment, new_total: int, order_id: str, version: int) ->
     except IdempotencyConflict as exc:
         raise Conflict("Another edit of this order is in progress; reload and try again.", code="edit_conflict") from exc
     except ProviderInvalidRequest as exc:
+        if exc.code == "amount_too_small":
+            # An earlier increment whose answer was lost may already cover this total.
+            current = gateway.retrieve_payment_intent(payment.stripe_payment_intent_id)
+            if current.status == "requires_capture" and current.amount_capturable >= new_total:
+                return current.amount_capturable
         if exc.code in UNSUPPORTED_CODES:
             raise PaymentRequired("The card does not support raising the authorized amount.",
                                   code="authorization_increase_unsupported") from exc

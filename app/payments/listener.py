@@ -24,6 +24,7 @@ from app.extensions import db
 from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments.capture_intents import CaptureIntentService, order_id_from_key
+from app.payments.sweep import rearm_lost_intents
 from app.queues import enqueue_captures
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,13 @@ class CaptureListener:
                     .limit(CATCH_UP_BATCH)
                 ).all()
                 db.session.rollback()
-                enqueued += enqueue_captures([order_id for _, _, order_id in rows], "catch_up")
+                enqueued += enqueue_captures([order_id for _, _, order_id in rows], "catch_up", replace_stale=True)
                 if len(rows) < CATCH_UP_BATCH:
                     break
                 after = (rows[-1][0], rows[-1][1])
-        if enqueued:
-            log.info("catch-up enqueued captures", extra={"count": enqueued})
+            # Keys lost while we were away (a Redis restart) come back now, not at the next sweep.
+            rearmed = rearm_lost_intents(now)
+        if enqueued or rearmed:
+            log.info("catch-up done", extra={"enqueued": enqueued, "rearmed": rearmed})
         self.enqueued += enqueued
         return enqueued

@@ -92,7 +92,7 @@ def enqueue_overdue_captures(now: datetime, capture_after_seconds: int) -> tuple
     ):
         for _, _, order_id in rows:
             seen += 1
-            if enqueue_capture(order_id, "sweep"):
+            if enqueue_capture(order_id, "sweep", replace_stale=True):
                 enqueued += 1
     return seen, enqueued
 
