@@ -333,3 +333,21 @@ def test_a_job_no_worker_will_run_is_replaced_by_the_fallback(app, monkeypatch):
         captures.remove(job)
         job.set_status("scheduled")  # a retry RQ's scheduler may not run for minutes
         assert enqueue_capture("order_waiting", "catch_up", replace_stale=True) is True
+
+
+def test_payment_intent_unknown_to_stripe_fails_visibly_instead_of_retrying_forever(app, client, sim_control, settings,
+                                                                                   db_session):
+    from sqlalchemy import update
+
+    from app.models import Payment
+    from app.payments.capture import CaptureOutcome, capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    # e.g. the app pointed at another Stripe account, or the test data at Stripe was deleted
+    db_session.execute(update(Payment).values(stripe_payment_intent_id="pi_unknown_to_stripe"))
+    time.sleep(1.1)
+    with app.app_context():
+        assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.FAILED
+    body = _order(client, order["id"])
+    assert body["capture"]["status"] == "failed" and "not found at Stripe" in body["capture"]["last_error"]

@@ -27,8 +27,9 @@ from app.payments.errors import (
     InvalidRequest,
     PaymentProviderError,
     ProviderMisconfigured,
-    RateLimited,
     ProviderUnavailable,
+    RateLimited,
+    ResourceMissing,
 )
 from app.payments.reconcile import apply_canceled, apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
@@ -138,9 +139,18 @@ def _settle(payment: Payment, intent: PaymentIntent, amount: int, trigger: str, 
     return CaptureOutcome.FAILED
 
 
-def _current_intent(payment: Payment) -> PaymentIntent | None:
+class _Missing:
+    """Stripe does not know the PaymentIntent (another account or key, a deleted test object)."""
+
+
+MISSING = _Missing()
+
+
+def _current_intent(payment: Payment) -> PaymentIntent | _Missing | None:
     try:
         return get_gateway().retrieve_payment_intent(payment.stripe_payment_intent_id)
+    except ResourceMissing:
+        return MISSING
     except PaymentProviderError as exc:
         log.warning("could not retrieve payment intent to reconcile", extra={"payment_id": payment.id, "error": exc.message})
         return None
@@ -158,7 +168,7 @@ def _after_rate_limit(payment: Payment, amount: int, trigger: str, exc: PaymentP
 def _after_ambiguous_failure(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
     """Timeout, outage or rate limit: the capture may or may not have happened. Ask Stripe."""
     intent = _current_intent(payment)
-    if intent is not None and intent.status in ("succeeded", "canceled"):
+    if isinstance(intent, PaymentIntent) and intent.status in ("succeeded", "canceled"):
         return _settle(payment, intent, amount, trigger, actor="engine")
     with write_transaction():
         transitions.release_capture_claim(payment.id, error=f"retrying: {exc.message}"[:500])
@@ -170,9 +180,13 @@ def _after_ambiguous_failure(payment: Payment, amount: int, trigger: str, exc: P
 def _after_refusal(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
     """Stripe said no. Perhaps because it is already captured or canceled: reconcile; else a visible failure."""
     intent = _current_intent(payment)
-    if intent is not None and intent.status in ("succeeded", "canceled"):
+    if isinstance(intent, PaymentIntent) and intent.status in ("succeeded", "canceled"):
         return _settle(payment, intent, amount, trigger, actor="engine")
-    if intent is None:
+    if intent is MISSING:
+        # Retrying cannot help: a person must look (wrong Stripe key or account, a deleted object).
+        exc = InvalidRequest(f"PaymentIntent {payment.stripe_payment_intent_id} not found at Stripe",
+                             code="resource_missing")
+    elif intent is None:
         with write_transaction():
             transitions.release_capture_claim(payment.id, error=exc.message[:500])
         raise CaptureRetryLater(exc.message) from exc
