@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from sqlalchemy import select
-
-from app.extensions import db
 from app.models import Cart, Order, OrderStatus, Payment, PaymentStatus
 from app.models.base import isoformat, utcnow
+from app.payments.capture import payment_for_order
 
 CAPTURE_STATUS = {
     PaymentStatus.AUTHORIZED: "scheduled",
@@ -64,14 +62,8 @@ def remaining_seconds(ends_at: datetime, now: datetime | None = None) -> int:
     return max(0, math.ceil((ends_at - (now or utcnow())).total_seconds()))
 
 
-def latest_payment(order: Order) -> Payment | None:
-    return db.session.scalar(
-        select(Payment).where(Payment.order_id == order.id).order_by(Payment.created_at.desc()).limit(1)
-    )
-
-
 def order_json(order: Order, payment: Payment | None = None, now: datetime | None = None) -> dict:
-    payment = payment if payment is not None else latest_payment(order)
+    payment = payment if payment is not None else payment_for_order(order.id)
     remaining = remaining_seconds(order.grace_period_ends_at, now)
     editable = (
         remaining > 0

@@ -48,7 +48,6 @@ class PaymentStatus:
     CANCELED = "canceled"
     """The authorization was voided or expired; nothing will be captured."""
 
-    CAPTURABLE = (AUTHORIZED,)
     OPEN = (AUTHORIZED, CAPTURING, CAPTURE_FAILED, CANCELING)
 
 

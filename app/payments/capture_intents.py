@@ -55,10 +55,7 @@ class CaptureIntentService:
         # The key names the order; the value is the deadline (an integer Redis stores without an allocation).
         value = deadline_ms
         pipe = self.redis.pipeline(transaction=True)
-        if deadline is None and ttl_ms % 1000 == 0:
-            pipe.set(intent_key(order_id), value, nx=True, ex=ttl_ms // 1000)
-        else:
-            pipe.set(intent_key(order_id), value, nx=True, px=ttl_ms)
+        pipe.set(intent_key(order_id), value, nx=True, px=ttl_ms)
         pipe.zadd(DUE_INDEX, {order_id: deadline_ms}, nx=True)
         created, _ = pipe.execute()
         return bool(created)

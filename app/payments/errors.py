@@ -48,5 +48,3 @@ class ResourceMissing(InvalidRequest):
 class ProviderMisconfigured(PaymentProviderError):
     """Bad API key or no Stripe configured."""
 
-
-RETRYABLE = (RateLimited, ProviderUnavailable)

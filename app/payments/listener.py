@@ -14,17 +14,14 @@ import os
 import socket
 import threading
 import time
-from datetime import timedelta
 
 import redis
 from flask import Flask
-from sqlalchemy import and_, or_, select
 
-from app.extensions import db
 from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments.capture_intents import CaptureIntentService, order_id_from_key
-from app.payments.sweep import rearm_lost_intents
+from app.payments.sweep import keyset_batches, rearm_lost_intents
 from app.queues import enqueue_captures
 
 log = logging.getLogger(__name__)
@@ -32,7 +29,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_KEY = "capture_listener:heartbeats"  # hash: listener name → unix time
 HEARTBEAT_INTERVAL = 5.0
 TOUCH_INTERVAL = 0.2
-CATCH_UP_BATCH = 500
 MAX_BATCH = 1000  # expiry events enqueued per Redis round trip
 MAX_BACKOFF = 30.0
 
@@ -141,26 +137,12 @@ class CaptureListener:
         enqueued = 0
         with self.app.app_context():
             now = utcnow()
-            after = (utcnow() - timedelta(days=3650), "")
-            while True:
-                rows = db.session.execute(
-                    select(Payment.capture_due_at, Payment.id, Payment.order_id)
-                    .where(
-                        Payment.status == PaymentStatus.AUTHORIZED,
-                        Payment.capture_due_at <= now,
-                        or_(
-                            Payment.capture_due_at > after[0],
-                            and_(Payment.capture_due_at == after[0], Payment.id > after[1]),
-                        ),
-                    )
-                    .order_by(Payment.capture_due_at, Payment.id)
-                    .limit(CATCH_UP_BATCH)
-                ).all()
-                db.session.rollback()
+            for rows in keyset_batches(
+                Payment.capture_due_at,
+                Payment.status == PaymentStatus.AUTHORIZED,
+                Payment.capture_due_at <= now,
+            ):
                 enqueued += enqueue_captures([order_id for _, _, order_id in rows], "catch_up", replace_stale=True)
-                if len(rows) < CATCH_UP_BATCH:
-                    break
-                after = (rows[-1][0], rows[-1][1])
             # Keys lost while we were away (a Redis restart) come back now, not at the next sweep.
             rearmed = rearm_lost_intents(now)
         if enqueued or rearmed:

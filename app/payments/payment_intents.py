@@ -44,7 +44,8 @@ def session_status_for(intent: PaymentIntent) -> str:
     return PaymentSessionStatus.PENDING
 
 
-def _collection_for(cart: Cart) -> PaymentCollection:
+def collection_for_cart(cart: Cart) -> PaymentCollection:
+    """The cart's PaymentCollection (created on first use), its amount set to the cart's total."""
     collection = db.session.scalar(select(PaymentCollection).where(PaymentCollection.cart_id == cart.id))
     if collection is None:
         collection = PaymentCollection(cart_id=cart.id, currency=cart.currency, amount=cart.total)
@@ -58,7 +59,7 @@ def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -
     try:
         with write_transaction() as session:
             cart = get_cart(cart_id)
-            collection = _collection_for(cart)
+            collection = collection_for_cart(cart)
             existing = session.scalar(
                 select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id)
             )

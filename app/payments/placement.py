@@ -24,13 +24,13 @@ from app.models import (
     Order,
     OrderItem,
     Payment,
-    PaymentCollection,
     PaymentSession,
     PaymentSessionStatus,
     PaymentStatus,
 )
 from app.models.base import utcnow
 from app.payments.errors import InvalidRequest as ProviderInvalidRequest
+from app.payments.payment_intents import collection_for_cart
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.signals import order_placed
 
@@ -144,12 +144,8 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
             for position, line in enumerate(cart.items)
         ]
         session.add(order)
-        collection = session.scalar(select(PaymentCollection).where(PaymentCollection.cart_id == cart.id))
-        if collection is None:
-            collection = PaymentCollection(cart_id=cart.id, currency=cart.currency, amount=cart.total)
-            session.add(collection)
+        collection = collection_for_cart(cart)
         collection.order = order
-        collection.amount = cart.total
         payment_session = session.scalar(
             select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id)
         )

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.log import current_trace_id
-from app.models import OrderTransaction, Payment, PaymentSession, PaymentSessionStatus, Refund, RefundStatus
+from app.models import Payment, PaymentSession, Refund, RefundStatus
 from app.payments import transitions
 from app.payments.capture_intents import service_for
 from app.payments.payment_intents import session_status_for
@@ -101,20 +101,9 @@ def record_stripe_refunds(payment_id: str, refunds: list[StripeRefund]) -> int:
             )
             session.add(row)
             session.flush()
-            session.add(_refund_transaction(row))
+            transitions.add_refund_transaction(row)
             added += 1
     return added
-
-
-def _refund_transaction(refund: Refund) -> OrderTransaction:
-    payment = db.session.get(Payment, refund.payment_id)
-    return OrderTransaction(
-        order_id=payment.order_id,
-        amount=-refund.amount,
-        currency=payment.currency,
-        reference="refund",
-        reference_id=refund.id,
-    )
 
 
 def sync_refunds(payment: Payment) -> int:

@@ -48,7 +48,7 @@ class SweepResult:
         return asdict(self)
 
 
-def _batches(column: datetime, *where):
+def keyset_batches(column, *where):
     """Yield (timestamp, payment id, order id) rows in keyset-paginated batches ordered by `column`."""
     after: tuple | None = None
     while True:
@@ -67,7 +67,7 @@ def _batches(column: datetime, *where):
 
 def recover_stuck_captures(now: datetime) -> int:
     recovered = 0
-    for rows in _batches(
+    for rows in keyset_batches(
         Payment.capture_claimed_at,
         Payment.status == PaymentStatus.CAPTURING,
         Payment.capture_claimed_at < now - STUCK_CAPTURE_AFTER,
@@ -84,7 +84,7 @@ def recover_stuck_captures(now: datetime) -> int:
 
 def enqueue_overdue_captures(now: datetime, capture_after_seconds: int) -> tuple[int, int]:
     seen = enqueued = 0
-    for rows in _batches(
+    for rows in keyset_batches(
         Payment.authorized_at,
         Payment.status == PaymentStatus.AUTHORIZED,
         Payment.authorized_at < now - timedelta(seconds=capture_after_seconds),
@@ -109,7 +109,7 @@ def rearm_lost_intents(now: datetime) -> int:
     if not live or intents.redis.zcard(DUE_INDEX) >= live:
         return 0
     rearmed = 0
-    for rows in _batches(
+    for rows in keyset_batches(
         Payment.capture_due_at,
         Payment.status == PaymentStatus.AUTHORIZED,
         Payment.capture_due_at > now,

@@ -186,7 +186,12 @@ def complete_refund(refund_id: str, stripe_refund_id: str) -> bool:
     if not won:
         return False
     db.session.expire_all()
-    refund = db.session.get(Refund, refund_id)
+    add_refund_transaction(db.session.get(Refund, refund_id))
+    return True
+
+
+def add_refund_transaction(refund: Refund) -> None:
+    """The order's ledger line for a succeeded refund: − its amount."""
     payment = db.session.get(Payment, refund.payment_id)
     db.session.add(
         OrderTransaction(
@@ -197,7 +202,6 @@ def complete_refund(refund_id: str, stripe_refund_id: str) -> bool:
             reference_id=refund.id,
         )
     )
-    return True
 
 
 def release_refund(payment_id: str, amount: int) -> None:
