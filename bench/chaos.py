@@ -1139,8 +1139,7 @@ class ChaosRun:
             elif status in ("started", "scheduled"):
                 status += f" (started_at {job.get(b'started_at', b'-').decode()}, worker " \
                           f"{job.get(b'worker_name', b'-').decode()})"
-            parts.append(f"redis key {'present' if r.exists(key) else 'absent'}, due index "
-                         f"{'has it' if r.zscore('capture_intents:due', order.id) is not None else 'lacks it'}, "
+            parts.append(f"redis key {'present' if r.exists(key) else 'absent'}, "
                          f"RQ job capture-{order.id}: {status}")
         except Exception as exc:
             parts.append(f"redis unreadable ({exc})")

@@ -1,22 +1,22 @@
-"""Redis memory per live grace period: the `capture_intent:{order_id}` key plus its `capture_intents:due` entry.
+"""Redis memory per live grace period: the `capture_intent:{order_id}` key plus its deadline-index entry.
 
 On a private, empty redis-server, N grace periods (100k; 10k with --quick) are created with the engine's
-own `CaptureIntentService.create_intent(order_id)` (order ids from `app.ids.new_id`, the real shape).
-Two measures:
+own `CaptureIntentService` (order ids from `app.ids.new_id`, the real shape). Two measures:
 
-  MEMORY USAGE   per key (every key, SAMPLES 0) + the due index's MEMORY USAGE divided by N
+  MEMORY USAGE   per key (every key, SAMPLES 0) + the index lists' MEMORY USAGE divided by N
   INFO used_memory delta over the N grace periods, divided by N (includes what MEMORY USAGE leaves out:
-                 the expires-dict entry and the main dict's bucket array)
+                 the expires-dict entries and the main dict's bucket array)
 
-Measured in the same run for comparison (each on a flushed server):
+Ways, each on a flushed server in the same run:
 
-  key only       the same SET with TTL and no due index (what a plain expired-event design costs)
-  small value    what-if: the same key + index, but the value is just the deadline (the JSON value
-                 repeats the order id that is already in the key)
-  index only     what-if: only the `capture_intents:due` entry, no key (a design where the listener
-                 polls the index instead of waiting for `expired`)
-  RQ scheduled   `queue.enqueue_at(deadline, f, order_id)`: a job hash + scheduled-registry entry per
-                 grace period (RQ's own scheduling)
+  engine, steady      the engine, deadlines spread over the grace period (orders arriving evenly for an
+                      hour: N / 360 entries per 10-second index window). The figure the goal is about.
+  engine, burst       the engine, all N created at once (a few windows holding thousands of entries each)
+  key only            the same SET with TTL and no index (what a plain expired-event design costs)
+  previous design     key holding the deadline + one sorted set `capture_intents:due` as the index
+                      (the engine before the list index; 406 B with a JSON value before that)
+  RQ scheduled        `queue.enqueue_at(deadline, f, order_id)`: a job hash + scheduled-registry entry per
+                      grace period (RQ's own scheduling)
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 GOAL_BYTES = 200
+ENGINE = "engine, steady (deadlines over 1 h)"
+OLD_INDEX = "capture_intents:due"
 
 
 def used_memory(r) -> int:
@@ -80,7 +82,11 @@ def main() -> int:
     from rq import Queue
 
     from app.ids import new_id
-    from app.payments.capture_intents import DUE_INDEX, CaptureIntentService, intent_key
+    from app.payments.capture_intents import WINDOW_PREFIX, CaptureIntentService, intent_key
+
+    def engine_keys(ids):
+        windows = [k.decode() for k in r.scan_iter(match=f"{WINDOW_PREFIX}*", count=1000)]
+        return {"per_item": [intent_key(i) for i in ids], "shared": windows}
 
     tmp = c.workdir("redis-memory")
     results = {}
@@ -91,34 +97,27 @@ def main() -> int:
         svc = CaptureIntentService(r, 3600)
         order_ids = [new_id("order") for _ in range(n)]
 
-        def engine(count):
-            for oid in order_ids[:count]:
-                svc.create_intent(oid)
+        def engine(count, spread_s):
+            now = dt.datetime.now(dt.timezone.utc)
+            for start in range(0, count, 1000):
+                svc.create_intents(
+                    (oid, now + dt.timedelta(seconds=3600 - spread_s + spread_s * (start + i) / count))
+                    for i, oid in enumerate(order_ids[start:start + 1000]))
             return order_ids[:count]
 
         def key_only(count):
             pipe = r.pipeline(transaction=False)
-            now_ms = int(time.time() * 1000)
             for oid in order_ids[:count]:
-                value = json.dumps({"order_id": oid, "deadline_ms": now_ms + 3_600_000})
-                pipe.set(intent_key(oid), value, nx=True, ex=3600)
+                pipe.set(intent_key(oid), 1, nx=True, ex=3600)
             pipe.execute()
             return order_ids[:count]
 
-        def small_value(count):
+        def previous_design(count):
             pipe = r.pipeline(transaction=False)
             deadline_ms = int(time.time() * 1000) + 3_600_000
             for oid in order_ids[:count]:
                 pipe.set(intent_key(oid), deadline_ms, nx=True, px=3_600_000)
-                pipe.zadd(DUE_INDEX, {oid: deadline_ms}, nx=True)
-            pipe.execute()
-            return order_ids[:count]
-
-        def index_only(count):
-            pipe = r.pipeline(transaction=False)
-            deadline_ms = int(time.time() * 1000) + 3_600_000
-            for oid in order_ids[:count]:
-                pipe.zadd(DUE_INDEX, {oid: deadline_ms}, nx=True)
+                pipe.zadd(OLD_INDEX, {oid: deadline_ms}, nx=True)
             pipe.execute()
             return order_ids[:count]
 
@@ -135,14 +134,12 @@ def main() -> int:
             return order_ids[:count]
 
         ways = [
-            ("engine: key + due-index entry", engine,
-             lambda ids: {"per_item": [intent_key(i) for i in ids], "shared": [DUE_INDEX]}),
-            ("key only (no due index)", key_only,
+            (ENGINE, lambda count: engine(count, 3600), engine_keys),
+            ("engine, burst (all at once)", lambda count: engine(count, 0), engine_keys),
+            ("key only (no index)", key_only,
              lambda ids: {"per_item": [intent_key(i) for i in ids], "shared": []}),
-            ("what-if: value = deadline only", small_value,
-             lambda ids: {"per_item": [intent_key(i) for i in ids], "shared": [DUE_INDEX]}),
-            ("what-if: due index only (no keys)", index_only,
-             lambda ids: {"per_item": [], "shared": [DUE_INDEX]}),
+            ("previous design: key + sorted set", previous_design,
+             lambda ids: {"per_item": [intent_key(i) for i in ids], "shared": [OLD_INDEX]}),
             ("RQ enqueue_at (job hash + registry)", rq_scheduled,
              lambda ids: {"per_item": [f"rq:job:capture-{i}" for i in ids],
                           "shared": ["rq:scheduled:captures"]}),
@@ -154,22 +151,24 @@ def main() -> int:
         r.flushall()
         svc.create_intent(order_ids[0])
         sample_value = r.get(sample_key)
+        sample_entry = next(r.lindex(k, 0) for k in r.scan_iter(match=f"{WINDOW_PREFIX}*"))
 
-    engine_delta = results["engine: key + due-index entry"]["used_memory_delta_per_item"]
+    engine_delta = results[ENGINE]["used_memory_delta_per_item"]
     rows = []
     for name, res in results.items():
         rows.append([name, res["memory_usage_key"], res["memory_usage_shared"], res["memory_usage_per_item"],
                      res["used_memory_delta_per_item"], res["used_memory_delta_per_item"] / engine_delta])
     print()
     print(f"redis {info['redis_version']}, {info.get('mem_allocator', '?')}; sample key {sample_key!r} "
-          f"({len(sample_key)} B), value {sample_value!r} ({len(sample_value)} B)")
+          f"({len(sample_key)} B), value {sample_value!r} ({len(sample_value)} B), index entry {sample_entry!r} "
+          f"({len(sample_entry)} B)")
     print(c.table(["way", "key B", "index B", "MEMORY USAGE B", "used_memory Δ B", "× engine"],
                   rows, digits=1))
     verdict = "meets" if engine_delta < GOAL_BYTES else "MISSES"
     print(f"goal < {GOAL_BYTES} B per grace period (used_memory delta): {engine_delta:.0f} B → {verdict}")
     c.save_results("redis_memory", args, {
         "n": n, "redis_version": info["redis_version"], "sample_key": sample_key,
-        "sample_value": sample_value.decode(), "results": results, "goal_bytes": GOAL_BYTES})
+        "sample_value": sample_value.decode(), "sample_index_entry": sample_entry.decode(), "results": results, "goal_bytes": GOAL_BYTES})
     return 0
 
 

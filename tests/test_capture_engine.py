@@ -225,6 +225,17 @@ def test_flushed_redis_gets_its_keys_rearmed_with_the_remaining_ttl(app, client,
     assert remaining_ms < 3_599_000  # not a fresh full hour
 
 
+def test_one_lost_key_is_rearmed_by_the_next_sweep_and_the_others_are_left_alone(app, client, runner, sim_control):
+    # One key gone without a restart (say, its SET failed while Redis was briefly unreachable).
+    kept, lost = place_order(client, sim_control), place_order(client, sim_control)
+    redis = app.extensions["redis"]
+    kept_ttl = redis.pttl(intent_key(kept["id"]))
+    redis.delete(intent_key(lost["id"]))
+    assert "re-armed 1" in runner.invoke(args=["sweep"]).output
+    assert redis.exists(intent_key(lost["id"]))
+    assert redis.pttl(intent_key(kept["id"])) <= kept_ttl  # not extended by the pass
+
+
 def test_worker_killed_mid_capture_gives_one_capture(app, client, sim, sim_control, settings, monkeypatch, redis_url, db_session):
     from app.payments import sweep as sweep_module
 

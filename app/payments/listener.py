@@ -20,7 +20,7 @@ from flask import Flask
 
 from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
-from app.payments.capture_intents import CaptureIntentService, order_id_from_key
+from app.payments.capture_intents import DueKeyToucher, order_id_from_key
 from app.payments.sweep import keyset_batches, rearm_lost_intents
 from app.queues import enqueue_captures
 
@@ -70,7 +70,7 @@ class CaptureListener:
         self.db_index = self.redis.connection_pool.connection_kwargs.get("db", 0)
         self.channel = f"__keyevent@{self.db_index}__:expired"
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.intents = CaptureIntentService(self.redis, app.config["ENGINE"].grace_period_seconds)
+        self.toucher = DueKeyToucher(self.redis, lookback_seconds=app.config["ENGINE"].grace_period_seconds)
         self.stop_event = threading.Event()
         self.enqueued = 0
 
@@ -114,7 +114,7 @@ class CaptureListener:
                         self.enqueued += enqueue_captures(batch, "expiry")
                 now = time.monotonic()
                 if now >= next_touch:
-                    self.intents.expire_due_keys(int(time.time() * 1000))
+                    self.toucher.touch_due()
                     next_touch = now + TOUCH_INTERVAL
                 if now >= next_heartbeat:
                     self.redis.hset(HEARTBEAT_KEY, self.name, f"{time.time():.3f}")

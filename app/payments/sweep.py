@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments import transitions
-from app.payments.capture_intents import DUE_INDEX, service_for
+from app.payments.capture_intents import service_for
 from app.queues import enqueue_capture
 
 log = logging.getLogger(__name__)
@@ -98,25 +98,19 @@ def enqueue_overdue_captures(now: datetime, capture_after_seconds: int) -> tuple
 
 
 def rearm_lost_intents(now: datetime) -> int:
-    """Re-create missing keys with their remaining TTL, when Redis holds fewer than the database."""
+    """Re-create the keys Redis lost (restart, flush, a failed write) with their remaining TTL.
+
+    Every live grace period gets a SET NX in pipelined batches: one round trip per 500, and an
+    existing key is left as it is.
+    """
     intents = service_for(current_app)
-    live = db.session.scalar(
-        select(func.count())
-        .select_from(Payment)
-        .where(Payment.status == PaymentStatus.AUTHORIZED, Payment.capture_due_at > now)
-    )
-    db.session.rollback()
-    if not live or intents.redis.zcard(DUE_INDEX) >= live:
-        return 0
     rearmed = 0
     for rows in keyset_batches(
         Payment.capture_due_at,
         Payment.status == PaymentStatus.AUTHORIZED,
         Payment.capture_due_at > now,
     ):
-        for due_at, _, order_id in rows:
-            if intents.create_intent(order_id, due_at):
-                rearmed += 1
+        rearmed += intents.create_intents((order_id, due_at) for due_at, _, order_id in rows)
     if rearmed:
         log.warning("re-armed lost capture intents", extra={"count": rearmed})
     return rearmed

@@ -26,9 +26,14 @@ def process_event(event_id: str, *, force: bool = False) -> bool:
         return False
     if not claim_attempt(event_id) and not force:
         return False
-    event = event_payload(row)
+    run_claimed(event_id, event_payload(row), row.trace_id)
+    return True
+
+
+def run_claimed(event_id: str, event: dict, trace_id: str | None = None) -> None:
+    """Run the handler of an event this delivery has claimed; record the outcome on its row."""
     handler = HANDLERS.get(event["type"])
-    with trace(current_trace_id() or row.trace_id):
+    with trace(current_trace_id() or trace_id):
         try:
             if handler is not None:
                 handler(event)
@@ -41,4 +46,3 @@ def process_event(event_id: str, *, force: bool = False) -> bool:
             raise ProcessingFailed(str(exc)) from exc
         mark_processed(event_id)
     log.info("webhook event processed", extra={"event_id": event_id, "event_type": event["type"]})
-    return True

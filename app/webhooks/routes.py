@@ -9,9 +9,9 @@ from flask import current_app, g, jsonify, request
 from app.errors import ApiError, ServiceUnavailable
 from app.payments.stripe_gateway import WebhookSignatureError, verify_webhook
 from app.webhooks import bp
-from app.webhooks.processing import ProcessingFailed, process_event
+from app.webhooks.processing import ProcessingFailed, process_event, run_claimed
 from app.webhooks.handlers import HANDLERS
-from app.webhooks.store import store_event, store_unhandled_event
+from app.webhooks.store import insert_event
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,18 @@ def stripe_webhook():
     except ValueError:
         raise ApiError("The signed body is not valid JSON.", code="malformed_json", status=400) from None
 
-    if event["type"] not in HANDLERS:
-        stored = store_unhandled_event(event, payload, g.get("trace_id"))
-        log.info("webhook event stored", extra={"event_id": event["id"], "event_type": event["type"], "duplicate": not stored})
-        return jsonify({"received": True, "duplicate": not stored})
-    row = store_event(event, payload, g.get("trace_id"))
-    log.info("webhook event received", extra={"event_id": row.id, "event_type": row.type, "attempts": row.attempts})
-    if row.processed_at is not None:
-        return jsonify({"received": True, "duplicate": True})
+    handled = event["type"] in HANDLERS
+    inserted = insert_event(event, payload, g.get("trace_id"), handled=handled)
+    log.info("webhook event stored" if inserted else "webhook event redelivered",
+             extra={"event_id": event["id"], "event_type": event["type"]})
+    if not handled:
+        return jsonify({"received": True, "duplicate": not inserted})
     try:
-        processed = process_event(row.id)
+        if inserted:  # stored claimed by this delivery
+            run_claimed(event["id"], event)
+            processed = True
+        else:  # a redelivery: finish the event unless it is done or another delivery is at it
+            processed = process_event(event["id"])
     except ProcessingFailed:
         return jsonify({"error": {"code": "processing_failed", "message": "The event could not be processed; retry later."}}), 500
     return jsonify({"received": True, "duplicate": not processed})

@@ -11,7 +11,6 @@ from datetime import timedelta
 from sqlalchemy import or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 
 from app.db_tx import write_transaction
 from app.extensions import db
@@ -21,37 +20,17 @@ from app.models.base import utcnow
 log = logging.getLogger(__name__)
 
 
-def store_event(event: dict, payload: bytes, trace_id: str | None) -> WebhookEvent:
-    """Insert the event; a second delivery (even a racing one) finds the first row."""
-    data_object = (event.get("data") or {}).get("object") or {}
-    known = db.session.get(WebhookEvent, event["id"])
-    if known is not None:
-        return known
-    try:
-        with write_transaction() as session:
-            row = WebhookEvent(
-                id=event["id"],
-                type=event["type"],
-                payload=payload.decode("utf-8"),
-                object_id=data_object.get("id") if isinstance(data_object, dict) else None,
-                trace_id=trace_id,
-            )
-            session.add(row)
-        return row
-    except IntegrityError:
-        db.session.rollback()
-        return db.session.get(WebhookEvent, event["id"])
-
-
 # A delivery that died mid-processing (killed worker) stops blocking redeliveries after this long.
 PROCESSING_LEASE = timedelta(seconds=120)
 
 
-def store_unhandled_event(event: dict, payload: bytes, trace_id: str | None) -> bool:
-    """A type no handler acts on: stored already processed, in one INSERT ... ON CONFLICT DO NOTHING.
+def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: bool) -> bool:
+    """Store a new event in one autocommitted INSERT ... ON CONFLICT DO NOTHING; False for a known id.
 
-    Returns False for a duplicate. (bench/webhook_ingest.py: ~3x the events per second of the
-    read-insert-claim-mark path, which only events that do something need.)
+    A type some handler acts on is stored claimed (`processing_started_at`, attempt 1) by this
+    very statement, so the delivery that inserted it processes it without another round trip;
+    any other type is stored already processed. One statement is atomic on its own: no BEGIN,
+    no COMMIT (bench/webhook_ingest.py measures the difference).
     """
     now = utcnow()
     data_object = (event.get("data") or {}).get("object") or {}
@@ -65,14 +44,15 @@ def store_unhandled_event(event: dict, payload: bytes, trace_id: str | None) -> 
             object_id=data_object.get("id") if isinstance(data_object, dict) else None,
             trace_id=trace_id,
             received_at=now,
-            processed_at=now,
+            processed_at=None if handled else now,
+            processing_started_at=now if handled else None,
             attempts=1,
         )
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(WebhookEvent.id)
     )
-    with write_transaction() as session:
-        return session.execute(statement).scalar() is not None
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return connection.execute(statement).scalar() is not None
 
 
 def claim_attempt(event_id: str) -> bool:
