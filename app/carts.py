@@ -26,8 +26,8 @@ def get_cart(cart_id: str) -> Cart:
 
 
 def create_cart(email: str, currency: str) -> Cart:
-    with write_transaction() as session:
-        cart = Cart(email=email, currency=currency)
+    with write_transaction(expire_on_commit=False) as session:
+        cart = Cart(email=email, currency=currency, items=[])
         session.add(cart)
     log.info("cart created", extra={"cart_id": cart.id})
     return cart
@@ -48,7 +48,7 @@ def _check_total(cart: Cart) -> None:
 
 def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
     """Add a product, or add to the quantity of its existing line."""
-    with write_transaction() as session:
+    with write_transaction(expire_on_commit=False) as session:
         cart = _editable_cart(cart_id)
         product = session.get(Product, product_id)
         if product is None:
@@ -79,7 +79,7 @@ def _line(cart: Cart, line_id: str) -> LineItem:
 
 
 def update_line_item(cart_id: str, line_id: str, quantity: int) -> Cart:
-    with write_transaction():
+    with write_transaction(expire_on_commit=False):
         cart = _editable_cart(cart_id)
         _line(cart, line_id).quantity = quantity
         _check_total(cart)
@@ -87,7 +87,7 @@ def update_line_item(cart_id: str, line_id: str, quantity: int) -> Cart:
 
 
 def remove_line_item(cart_id: str, line_id: str) -> Cart:
-    with write_transaction():
+    with write_transaction(expire_on_commit=False):
         cart = _editable_cart(cart_id)
         cart.items.remove(_line(cart, line_id))
     return cart

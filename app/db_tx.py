@@ -11,22 +11,33 @@ from app.extensions import db
 
 
 @contextmanager
-def write_transaction() -> Iterator[Session]:
+def write_transaction(*, expire_on_commit: bool = True) -> Iterator[Session]:
     """One atomic unit of work, committed on success and rolled back on any exception.
 
-    Any read-only transaction the session had open is ended first, so the work sees
-    fresh data. On SQLite the transaction starts with BEGIN IMMEDIATE (see
-    `app.extensions._sqlite_begin`): writers queue up instead of interleaving. On
-    PostgreSQL each compare-and-set is an `UPDATE ... WHERE status = :expected`, whose
-    row lock and re-check serialise concurrent writers.
+    The work sees fresh data. On SQLite, a read transaction the session had open is ended
+    first and the write transaction starts with BEGIN IMMEDIATE (see
+    `app.extensions._sqlite_begin`): writers queue up instead of interleaving. On PostgreSQL
+    (READ COMMITTED) every statement reads the latest commits anyway, so an open read
+    transaction simply becomes the write transaction, its loaded objects expired (saving a
+    COMMIT, a connection checkout and a BEGIN); each compare-and-set is an
+    `UPDATE ... WHERE status = :expected`, whose row lock and re-check serialise writers.
+
+    `expire_on_commit=False` keeps the committed objects' loaded state for rendering the
+    response (the values this transaction just wrote), instead of reloading them.
     """
     session = db.session()  # the scoped session's Session for this context
-    if session.in_transaction():
-        session.commit()
-    session.connection(execution_options={"sqlite_begin_immediate": True})
+    if session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+        session.expire_all()
+    else:
+        if session.in_transaction():
+            session.commit()
+        session.connection(execution_options={"sqlite_begin_immediate": True})
     try:
         yield session
+        session.expire_on_commit = expire_on_commit
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    finally:
+        session.expire_on_commit = True

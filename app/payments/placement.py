@@ -117,7 +117,7 @@ def place_order(intent: PaymentIntent) -> Order:
 def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
     """Order, items, collection, session and payment in one transaction."""
     settings = current_app.config["ENGINE"]
-    with write_transaction() as session:
+    with write_transaction(expire_on_commit=False) as session:
         cart = session.get(Cart, cart_id)
         now = utcnow()
         sequence = DisplayIdSequence()
