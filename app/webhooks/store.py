@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -24,35 +25,42 @@ log = logging.getLogger(__name__)
 PROCESSING_LEASE = timedelta(seconds=120)
 
 
+@functools.cache
+def _insert_statement(dialect: str):
+    """The Core INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id, built once per dialect.
+
+    (Core with bound parameters, not an ORM insert built per call: it halves the CPU of the
+    store, the bulk of an ingest request's work; see docs/performance.md.)
+    """
+    table = WebhookEvent.__table__
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+
+
 def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: bool) -> bool:
     """Store a new event in one autocommitted INSERT ... ON CONFLICT DO NOTHING; False for a known id.
 
     A type some handler acts on is stored claimed (`processing_started_at`, attempt 1) by this
     very statement, so the delivery that inserted it processes it without another round trip;
     any other type is stored already processed. One statement is atomic on its own: no BEGIN,
-    no COMMIT (bench/webhook_ingest.py measures the difference).
+    no COMMIT (bench/round_trips.py: 2 round trips with the pool's ping, was 6).
     """
     now = utcnow()
     data_object = (event.get("data") or {}).get("object") or {}
-    insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(WebhookEvent)
-        .values(
-            id=event["id"],
-            type=event["type"],
-            payload=payload.decode("utf-8"),
-            object_id=data_object.get("id") if isinstance(data_object, dict) else None,
-            trace_id=trace_id,
-            received_at=now,
-            processed_at=None if handled else now,
-            processing_started_at=now if handled else None,
-            attempts=1,
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(WebhookEvent.id)
-    )
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return connection.execute(statement).scalar() is not None
+    engine = db.engine
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        inserted = connection.execute(_insert_statement(engine.dialect.name), {
+            "id": event["id"],
+            "type": event["type"],
+            "payload": payload.decode("utf-8"),
+            "object_id": data_object.get("id") if isinstance(data_object, dict) else None,
+            "trace_id": trace_id,
+            "received_at": now,
+            "processed_at": None if handled else now,
+            "processing_started_at": now if handled else None,
+            "attempts": 1,
+        }).scalar()
+    return inserted is not None
 
 
 def claim_attempt(event_id: str) -> bool:
