@@ -57,6 +57,23 @@ def engine_scheduler(connection, sweep_interval: int, poll_interval: int = 5):
     return EngineScheduler(queue_name="default", connection=connection, interval=poll_interval)
 
 
+def engine_worker(queues, connection):
+    """RQ's SimpleWorker (no fork per job, so captures drain fast; SIGTERM still finishes the current
+    job) that registers itself again when Redis has lost its data (a restart without persistence):
+    RQ's own worker only refreshes the TTL of a key that is gone, and drops off `rq:workers`, the
+    list the dashboard counts, until it is restarted."""
+    from rq import SimpleWorker
+
+    class EngineWorker(SimpleWorker):
+        def heartbeat(self, timeout=None, pipeline=None):
+            if pipeline is None and not self.connection.exists(self.key):
+                self.log.warning("Worker %s: registration lost (Redis restarted?); registering again", self.name)
+                self.register_birth()
+            super().heartbeat(timeout, pipeline)
+
+    return EngineWorker(queues, connection=connection)
+
+
 def init_app(app: Flask) -> None:
     @app.cli.command("capture-listener")
     def capture_listener_command() -> None:
@@ -88,13 +105,10 @@ def init_app(app: Flask) -> None:
     @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
     def worker_command(burst: bool) -> None:
         """Run an RQ worker for the capture and default queues (the `worker` process)."""
-        from rq import SimpleWorker
-
         from app.queues import QUEUE_NAMES, queue
 
         connection = current_app.extensions["redis"]
-        # SimpleWorker: no fork per job, so captures drain fast; SIGTERM still finishes the current job.
-        worker = SimpleWorker([queue(name) for name in QUEUE_NAMES], connection=connection)
+        worker = engine_worker([queue(name) for name in QUEUE_NAMES], connection)
         worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
 
     @app.cli.command("scheduler")

@@ -29,7 +29,7 @@ LIMIT = 100.0
 
 
 def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float | None, time_limit: float,
-          tag: str, worker_count: int = 2, what_if: bool = False, budget: int = 0) -> dict:
+          tag: str, worker_count: int = 2, budget: int = 0) -> dict:
     from sqlalchemy import text
 
     from app.extensions import db
@@ -58,9 +58,6 @@ def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float
     workers = []
     argv = [str(c.VENV_BIN / "flask"), "--app", "wsgi", "worker"]
     worker_env = dict(lab_env, STRIPE_MAX_REQUESTS_PER_SECOND=str(budget)) if budget else lab_env
-    if what_if:
-        argv = [c.PYTHON, str(c.BENCH / "_whatif_worker.py")]
-        worker_env = dict(lab_env, STRIPE_MAX_REQUESTS_PER_SECOND=str((limit or 1000) * 0.95))
     for i in range(worker_count):
         w = c.Proc(f"worker-{i}", argv, env=worker_env,
                    log=tmp / f"worker-{tag.replace('/', 'per').replace(' ', '-')}-{i}.log")
@@ -127,7 +124,6 @@ def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float
     drain_s = (captured_at[-1] - t0) if captured_at else float("nan")
     return {
         "tag": tag,
-        "what_if": what_if,
         "workers": worker_count,
         "count": count,
         "limit_rps": limit,
@@ -162,9 +158,6 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=0,
                         help="also drain with the app's shared Stripe budget (STRIPE_MAX_REQUESTS_PER_SECOND)")
     parser.add_argument("--limit", type=float, default=LIMIT, help="requests/s the simulator allows (default 100)")
-    parser.add_argument("--what-if", action="store_true",
-                        help="also drain with bench/_whatif_worker.py (no retrieve after a 429, shared token bucket "
-                             "at 95%% of the limit)")
     args = parser.parse_args()
     count = args.n or (500 if args.quick else 10_000)
     time_limit = args.time_limit or (20.0 if args.quick else 240.0)
@@ -185,9 +178,6 @@ def main() -> int:
         if args.budget:
             results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit,
                                  f"{limit:.0f}/s, app budget {args.budget}/s", args.workers, budget=args.budget))
-        if args.what_if:
-            results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit,
-                                 f"{limit:.0f}/s what-if", args.workers, what_if=True))
 
     rows = []
     for res in results:
@@ -198,7 +188,7 @@ def main() -> int:
     print()
     print(c.table(["limit", "workers", "due", "captured", "drain s", "captures/s", "× limit", "Stripe reqs", "429s",
                    "retrying", "RQ failed", "capture_failed"], rows, digits=2))
-    main_res = next(r for r in reversed(results) if r["limit_rps"] and not r["what_if"])
+    main_res = next(r for r in reversed(results) if r["limit_rps"])
     print(f"left when stopped: {main_res['status_counts']}; scheduled retries {main_res['rq_scheduled_retries_left']}, "
           f"queued {main_res['rq_queued_left']}; errors on open payments: {main_res['open_payment_errors']}")
     share = main_res["share_of_limit"] or 0.0

@@ -77,8 +77,8 @@ class Mode:
 
 
 # Workers are killed while idle (blocked waiting for a job) or, in the long mode once, in the middle of a
-# capture: a claim left by a dead worker is released by the sweep only after STUCK_CAPTURE_AFTER (5 min,
-# fixed), so the long mode then waits that long to see it recovered.
+# capture: a claim left by a dead worker is released by the sweep only after STUCK_CAPTURE_AFTER (the
+# capture job timeout + 30 s), so the long mode then waits that long to see it recovered.
 SHORT = Mode(
     name="short", orders=80, placement_seconds=40, grace=6, fallback=12, sweep_interval=3, stripe_timeout=2,
     chaos=((0.30, "kill", "worker"), (0.50, "kill", "listener"), (0.70, "restart", "redis")),
@@ -90,7 +90,7 @@ LONG = Mode(
            (0.60, "kill", "worker-mid-capture"), (0.75, "kill", "listener"), (0.85, "kill", "worker")),
     hard_limit_seconds=1200,
 )
-STUCK_CAPTURE_AFTER = 300  # app.payments.sweep.STUCK_CAPTURE_AFTER
+STUCK_CAPTURE_AFTER = 150  # app.payments.sweep.STUCK_CAPTURE_AFTER
 
 FAULTS = dict(error_500_rate=0.10, rate_limit_rate=0.05, timeout_rate=0.02, lost_response_rate=0.03)
 DELIVERY = dict(duplicate_rate=0.35, shuffle_window_ms=1500)

@@ -7,6 +7,8 @@ import sys
 import time
 from datetime import timedelta
 
+import redis as redis_module
+
 from app.payments.capture_intents import intent_key
 from tests.engine_helpers import (
     captures_at_stripe,
@@ -225,15 +227,25 @@ def test_flushed_redis_gets_its_keys_rearmed_with_the_remaining_ttl(app, client,
     assert remaining_ms < 3_599_000  # not a fresh full hour
 
 
-def test_one_lost_key_is_rearmed_by_the_next_sweep_and_the_others_are_left_alone(app, client, runner, sim_control):
-    # One key gone without a restart (say, its SET failed while Redis was briefly unreachable).
-    kept, lost = place_order(client, sim_control), place_order(client, sim_control)
+def test_a_key_whose_write_failed_is_rearmed_by_the_next_sweep_and_the_others_are_left_alone(
+        app, client, runner, sim_control, monkeypatch):
+    from app.payments.capture_intents import CaptureIntentService
+
+    kept = place_order(client, sim_control)
     redis = app.extensions["redis"]
     kept_ttl = redis.pttl(intent_key(kept["id"]))
-    redis.delete(intent_key(lost["id"]))
+
+    def unreachable(self, order_id, deadline=None):
+        raise redis_module.ConnectionError("Redis is briefly unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CaptureIntentService, "create_intent", unreachable)
+        lost = place_order(client, sim_control)  # the checkout still succeeds
+    assert not redis.exists(intent_key(lost["id"]))
     assert "re-armed 1" in runner.invoke(args=["sweep"]).output
     assert redis.exists(intent_key(lost["id"]))
     assert redis.pttl(intent_key(kept["id"])) <= kept_ttl  # not extended by the pass
+    assert "re-armed 0" in runner.invoke(args=["sweep"]).output
 
 
 def test_worker_killed_mid_capture_gives_one_capture(app, client, sim, sim_control, settings, monkeypatch, redis_url, db_session):

@@ -57,3 +57,21 @@ def test_the_scheduler_puts_the_sweep_back_after_redis_lost_it(app):
         engine_scheduler(app.extensions["redis"], 300, poll_interval=1).run(burst=True)
         assert SWEEP_JOB_ID in _scheduler(app)
         assert queue(DEFAULT_QUEUE).get_job_ids() == [SWEEP_JOB_ID]  # and it is due at once
+
+
+def test_a_worker_registers_again_after_redis_lost_its_data(app):
+    from rq import Worker
+
+    from app.engine_cli import engine_worker
+    from app.queues import CAPTURE_QUEUE
+
+    redis = app.extensions["redis"]
+    with app.app_context():
+        worker = engine_worker([queue(CAPTURE_QUEUE)], redis)
+        worker.register_birth()
+        assert [w.name for w in Worker.all(connection=redis)] == [worker.name]
+        redis.flushdb()  # a Redis restart without persistence
+        assert Worker.all(connection=redis) == []  # what the dashboard's "workers alive" reads
+        worker.heartbeat()
+        assert [w.name for w in Worker.all(connection=redis)] == [worker.name]
+        worker.register_death()

@@ -53,6 +53,19 @@ redis.call('EXPIREAT', list, string.format('%d', math.floor((window + 1) * width
 return deadline
 """
 
+# ARGV: window prefix, window ms, grace period ms. The entries of every window from the current one
+# to the last a new grace period can reach, by Redis's clock.
+_COUNT_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local width = tonumber(ARGV[2])
+local total = 0
+for window = math.floor(now_ms / width), math.floor((now_ms + tonumber(ARGV[3])) / width) + 1 do
+  total = total + redis.call('LLEN', ARGV[1] .. string.format('%d', window))
+end
+return total
+"""
+
 
 def intent_key(order_id: str) -> str:
     return f"{KEY_PREFIX}{order_id}"
@@ -97,6 +110,7 @@ class CaptureIntentService:
         self.redis = client
         self.grace_period_seconds = grace_period_seconds
         self._create = client.register_script(_CREATE_SCRIPT)
+        self._count = client.register_script(_COUNT_SCRIPT)
 
     def create_intent(self, order_id: str, deadline: datetime | None = None) -> bool:
         """SET NX with the grace period as TTL (or what is left of it); False if the key already exists.
@@ -139,6 +153,15 @@ class CaptureIntentService:
         if pttl is None or pttl < 0:
             return None
         return math.ceil(pttl / 1000)
+
+    def count_indexed(self) -> int:
+        """Index entries with deadlines from the current window on: at least every live intent.
+
+        (A removed intent leaves its entry, so this can exceed the live keys; a key lost with
+        Redis's data, or never written, has no entry either.) One round trip: a script sums the
+        lengths of the ~360 windows a grace period spans.
+        """
+        return int(self._count(args=[WINDOW_PREFIX, WINDOW_MS, self.grace_period_seconds * 1000]))
 
     def remove_intent(self, order_id: str) -> None:
         """The order no longer needs a capture (canceled, captured early).

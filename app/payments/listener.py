@@ -144,7 +144,7 @@ class CaptureListener:
             ):
                 enqueued += enqueue_captures([order_id for _, _, order_id in rows], "catch_up", replace_stale=True)
             # Keys lost while we were away (a Redis restart) come back now, not at the next sweep.
-            rearmed = rearm_lost_intents(now)
+            rearmed = rearm_lost_intents(now, check_every_key=True)
         if enqueued or rearmed:
             log.info("catch-up done", extra={"enqueued": enqueued, "rearmed": rearmed})
         self.enqueued += enqueued

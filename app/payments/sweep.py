@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from app.db_tx import write_transaction
 from app.extensions import db
@@ -26,13 +26,14 @@ from app.models import Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments import transitions
 from app.payments.capture_intents import service_for
-from app.queues import enqueue_capture
+from app.queues import CAPTURE_JOB_TIMEOUT, enqueue_capture, enqueue_captures
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
-# A claim older than this belongs to a dead worker (the job timeout is 120 s).
-STUCK_CAPTURE_AFTER = timedelta(minutes=5)
+# A claim older than this belongs to a dead worker: RQ stops a capture job at its timeout, so a
+# live worker never holds a claim longer (the margin covers clock skew between machines).
+STUCK_CAPTURE_AFTER = timedelta(seconds=CAPTURE_JOB_TIMEOUT + 30)
 LAST_SWEEP_KEY = "sweep:last"
 
 
@@ -90,20 +91,32 @@ def enqueue_overdue_captures(now: datetime, capture_after_seconds: int) -> tuple
         Payment.authorized_at < now - timedelta(seconds=capture_after_seconds),
         Payment.capture_due_at <= now,
     ):
-        for _, _, order_id in rows:
-            seen += 1
-            if enqueue_capture(order_id, "sweep", replace_stale=True):
-                enqueued += 1
+        seen += len(rows)
+        # One pipelined round trip per batch (new jobs); known job ids go through `enqueue_capture`.
+        enqueued += enqueue_captures([order_id for _, _, order_id in rows], "sweep", replace_stale=True)
     return seen, enqueued
 
 
-def rearm_lost_intents(now: datetime) -> int:
-    """Re-create the keys Redis lost (restart, flush, a failed write) with their remaining TTL.
+def rearm_lost_intents(now: datetime, *, check_every_key: bool = False) -> int:
+    """Re-create the keys Redis lost (restart, flush, a write that failed) with their remaining TTL.
 
-    Every live grace period gets a SET NX in pipelined batches: one round trip per 500, and an
-    existing key is left as it is.
+    The sweep first compares two counts, both cheap whatever the number of orders: live grace
+    periods in the database (an index-only count) and deadline-index entries in Redis (one
+    pipelined round trip). Only when Redis holds fewer does it walk the live grace periods,
+    with a SET NX for each, 500 per pipelined round trip (an existing key is left as it is).
+    The listener walks them after every (re)connect regardless (`check_every_key`): an outage
+    it lived through may have failed a write that a canceled order's entry hides from the counts.
     """
     intents = service_for(current_app)
+    if not check_every_key:
+        live = db.session.scalar(
+            select(func.count())
+            .select_from(Payment)
+            .where(Payment.status == PaymentStatus.AUTHORIZED, Payment.capture_due_at > now)
+        )
+        db.session.rollback()
+        if not live or intents.count_indexed() >= live:
+            return 0
     rearmed = 0
     for rows in keyset_batches(
         Payment.capture_due_at,
