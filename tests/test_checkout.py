@@ -118,6 +118,30 @@ def test_complete_twice_returns_the_same_order(client, sim_control):
     assert first["id"] == second["id"] and first["display_id"] == second["display_id"]
 
 
+def test_an_order_placed_by_the_other_path_between_two_lookups_is_returned_not_voided(
+        app, client, sim, sim_control, monkeypatch):
+    # The webhook looks for an order of its PaymentIntent, finds none, and before it looks for an
+    # order of the cart, /complete commits that very order: the webhook must find it, not void it.
+    from app.payments import placement
+    from app.payments.stripe_gateway import get_gateway
+
+    cart, intent = paid_cart(client, sim_control)
+    order = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
+    lookups = []
+    real_lookup = placement._order_for_payment_intent
+
+    def first_lookup_before_the_commit(payment_intent_id):
+        lookups.append(payment_intent_id)
+        return None if len(lookups) == 1 else real_lookup(payment_intent_id)
+
+    monkeypatch.setattr(placement, "_order_for_payment_intent", first_lookup_before_the_commit)
+    with app.app_context():
+        placed = placement.place_order(get_gateway().retrieve_payment_intent(intent["id"]))
+        assert placed.id == order["id"]
+    assert stripe_intent(sim.url, intent["id"])["status"] == "requires_capture"
+    assert client.get(f"/store/orders/{order['id']}").get_json()["order"]["payment_status"] == "authorized"
+
+
 def test_completed_cart_can_no_longer_change(client, sim_control):
     cart, _ = paid_cart(client, sim_control)
     client.post(f"/store/carts/{cart['id']}/complete")

@@ -88,6 +88,11 @@ def place_order(intent: PaymentIntent) -> Order:
 
     other = _order_for_cart(cart.id)
     if other is not None:
+        # On PostgreSQL each statement sees the latest commits: the other path (webhook or
+        # /complete) may have placed this very PaymentIntent since the first lookup.
+        mine = _order_for_payment_intent(intent.id)
+        if mine is not None:
+            return mine
         _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
         raise PaymentNotPlaceable("the cart was already paid")
     if intent.currency != cart.currency or authorized_amount(intent) < cart.total:
