@@ -262,6 +262,21 @@ def reset_schema(app) -> None:
         db.session.remove()
 
 
+def seeded_product_id(app) -> str:
+    """`flask seed`'s demo products in the app's database; returns the id of the one checkouts buy."""
+    from sqlalchemy import select
+
+    from app.cli import seed_products
+    from app.extensions import db
+    from app.models import Product
+
+    with app.app_context():
+        seed_products()
+        product_id = db.session.scalar(select(Product.id).where(Product.handle == "espresso-beans"))
+        db.session.remove()
+    return product_id
+
+
 # ------------------------------------------------------------------------------------ bulk rows
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"

@@ -39,16 +39,11 @@ def main() -> int:
         env = c.app_env(c.PG_URL, redis_url, sim_url)
         app = c.make_app(env)
         c.reset_schema(app)
-        from sqlalchemy import select, text
+        from sqlalchemy import text
 
-        from app.cli import seed_products
         from app.extensions import db
-        from app.models import Product
 
-        with app.app_context():
-            seed_products()
-            product_id = db.session.scalar(select(Product.id).where(Product.handle == "espresso-beans"))
-            db.session.remove()
+        product_id = c.seeded_product_id(app)
         app_url = c.gunicorn(procs, tmp, "app", "wsgi:app", env, health_path="/health")
         bare_url = c.gunicorn(procs, tmp, "bare", "_bare_app:app", env, chdir=c.BENCH)
         params = {"app_url": app_url, "sim_url": sim_url, "product_id": product_id, "url": f"{bare_url}/bare"}

@@ -107,18 +107,12 @@ def main() -> int:
         import json
 
         import requests
-        from sqlalchemy import select
 
-        from app.cli import seed_products
         from app.extensions import db
-        from app.models import Product
         from app.payments.capture import capture_order
         from stripe_sim.signing import sign_payload
 
-        with app.app_context():
-            seed_products()
-            product_id = db.session.scalar(select(Product.id).where(Product.handle == "espresso-beans"))
-            db.session.remove()
+        product_id = c.seeded_product_id(app)
         client = app.test_client()
         intents = c.authorized_intents(sim_url, repeat + 2)
 

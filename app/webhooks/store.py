@@ -43,7 +43,7 @@ def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: 
     A type some handler acts on is stored claimed (`processing_started_at`, attempt 1) by this
     very statement, so the delivery that inserted it processes it without another round trip;
     any other type is stored already processed. One statement is atomic on its own: no BEGIN,
-    no COMMIT (bench/round_trips.py: 2 round trips with the pool's ping, was 6).
+    no COMMIT (bench/round_trips.py: 2 round trips with the pool's ping, was 4).
     """
     now = utcnow()
     data_object = (event.get("data") or {}).get("object") or {}
