@@ -7,10 +7,19 @@ import logging
 from sqlalchemy import select
 
 from app.db_tx import write_transaction
-from app.errors import Conflict, InvalidRequest, NotFound
 from app.extensions import db
 from app.models import Cart, LineItem, Order, Product
 from app.money import MAX_AMOUNT
+from app.payments.errors import (
+    AmountTooLarge,
+    CartCompleted,
+    CurrencyMismatch,
+    LineItemNotFound,
+    ProductNotFound,
+    QuantityTooLarge,
+    TooManyItems,
+)
+from app.payments.queries import require_cart
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +28,7 @@ MAX_LINE_ITEMS = 100
 
 
 def get_cart(cart_id: str) -> Cart:
-    cart = db.session.get(Cart, cart_id)
-    if cart is None:
-        raise NotFound(f"No cart with id {cart_id!r}.")
-    return cart
+    return require_cart(cart_id)
 
 
 def create_cart(email: str, currency: str) -> Cart:
@@ -37,13 +43,13 @@ def _editable_cart(cart_id: str) -> Cart:
     cart = get_cart(cart_id)
     has_order = db.session.scalar(select(Order.id).where(Order.cart_id == cart.id))
     if cart.completed_at is not None or has_order:
-        raise Conflict("The cart was already turned into an order.", code="cart_completed")
+        raise CartCompleted("The cart was already turned into an order.")
     return cart
 
 
 def _check_total(cart: Cart) -> None:
     if cart.total > MAX_AMOUNT:
-        raise InvalidRequest(f"The cart total may not exceed {MAX_AMOUNT} minor units.", code="amount_too_large")
+        raise AmountTooLarge(f"The cart total may not exceed {MAX_AMOUNT} minor units.")
 
 
 def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
@@ -52,20 +58,17 @@ def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
         cart = _editable_cart(cart_id)
         product = session.get(Product, product_id)
         if product is None:
-            raise NotFound(f"No product with id {product_id!r}.")
+            raise ProductNotFound(f"No product with id {product_id!r}.")
         if product.currency != cart.currency:
-            raise InvalidRequest(
-                f"The product is priced in {product.currency}, the cart in {cart.currency}.",
-                code="currency_mismatch",
-            )
+            raise CurrencyMismatch(f"The product is priced in {product.currency}, the cart in {cart.currency}.")
         line = next((item for item in cart.items if item.product_id == product.id), None)
         if line is None:
             if len(cart.items) >= MAX_LINE_ITEMS:
-                raise InvalidRequest(f"A cart holds at most {MAX_LINE_ITEMS} lines.", code="too_many_items")
+                raise TooManyItems(f"A cart holds at most {MAX_LINE_ITEMS} lines.")
             line = LineItem(product_id=product.id, title=product.title, unit_amount=product.unit_amount, quantity=0)
             cart.items.append(line)
         if line.quantity + quantity > MAX_QUANTITY:
-            raise InvalidRequest(f"A line's quantity may not exceed {MAX_QUANTITY}.", code="quantity_too_large")
+            raise QuantityTooLarge(f"A line's quantity may not exceed {MAX_QUANTITY}.")
         line.quantity += quantity
         _check_total(cart)
     return cart
@@ -74,7 +77,7 @@ def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
 def _line(cart: Cart, line_id: str) -> LineItem:
     line = next((item for item in cart.items if item.id == line_id), None)
     if line is None:
-        raise NotFound(f"No line item {line_id!r} in this cart.")
+        raise LineItemNotFound(f"No line item {line_id!r} in this cart.")
     return line
 
 

@@ -20,7 +20,7 @@ def register_periodic_sweep(scheduler, interval: int) -> bool:
     Returns True when the schedule was (re)created. An existing schedule with another interval
     is replaced, so changing FALLBACK_SWEEP_INTERVAL_SECONDS takes effect on restart.
     """
-    from app.jobs import sweep_job
+    from app.queues import SWEEP_JOB
 
     for job in scheduler.get_jobs():
         if job.id == SWEEP_JOB_ID:
@@ -30,7 +30,7 @@ def register_periodic_sweep(scheduler, interval: int) -> bool:
             job.delete()
     scheduler.schedule(
         scheduled_time=datetime.now(timezone.utc),
-        func=sweep_job,
+        func=SWEEP_JOB,
         interval=interval,
         repeat=None,
         id=SWEEP_JOB_ID,

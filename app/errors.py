@@ -1,4 +1,9 @@
-"""API errors and the one JSON error shape: {"error": {"code", "message"}}."""
+"""The edge's errors and the one JSON error shape: {"error": {"code", "message"}}.
+
+`ApiError` and its kinds are the HTTP layer's own refusals (a malformed body, a bad signature).
+The domain raises `app.payments.errors.DomainError`s and the gateway `PaymentProviderError`s;
+the handlers below are the one place that turns them into the contract's statuses.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import logging
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from app.payments import errors as domain
+from app.payments import provider_errors as provider
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +45,37 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
 
 
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
-
-
-class PaymentRequired(ApiError):
-    status = 402
-    code = "payment_declined"
-
-
 class ServiceUnavailable(ApiError):
     status = 503
     code = "service_unavailable"
+
+
+# Each kind of domain error, its status (the contract: 404 missing, 422 validation, 409 state, 402 decline).
+DOMAIN_STATUS: dict[type[domain.DomainError], int] = {
+    domain.Missing: 404,
+    domain.Invalid: 422,
+    domain.StateConflict: 409,
+    domain.Declined: 402,
+    domain.TryAgainLater: 503,
+}
+
+
+def domain_status(error: domain.DomainError) -> int:
+    for kind in type(error).__mro__:
+        if kind in DOMAIN_STATUS:
+            return DOMAIN_STATUS[kind]
+    return 409
+
+
+def provider_status(error: provider.PaymentProviderError) -> tuple[int, str]:
+    """Stripe's answer, reaching the edge unhandled by a use case, as a status and code."""
+    if isinstance(error, provider.CardDeclined):
+        return 402, "payment_declined"
+    if isinstance(error, provider.IdempotencyConflict):
+        return 409, "idempotency_conflict"
+    if isinstance(error, provider.ProviderRefused):
+        return 409, "payment_provider_refused"
+    return 503, "payment_provider_unavailable"  # rate limited, unavailable, misconfigured: try again later
 
 
 def error_response(status: int, code: str, message: str):
@@ -82,18 +108,15 @@ def init_app(app: Flask) -> None:
         log.info("request refused", extra={"status": error.status, "code": error.code, "reason": error.message})
         return error_response(error.status, error.code, error.message)
 
-    from app.payments import errors as provider
+    @app.errorhandler(domain.DomainError)
+    def handle_domain_error(error: domain.DomainError):
+        status = domain_status(error)
+        log.info("request refused", extra={"status": status, "code": error.code, "reason": error.message})
+        return error_response(status, error.code, error.message)
 
     @app.errorhandler(provider.PaymentProviderError)
     def handle_provider_error(error: provider.PaymentProviderError):
-        if isinstance(error, provider.CardDeclined):
-            status, code = 402, "payment_declined"
-        elif isinstance(error, provider.IdempotencyConflict):
-            status, code = 409, "idempotency_conflict"
-        elif isinstance(error, provider.InvalidRequest):
-            status, code = 409, "payment_provider_refused"
-        else:  # rate limited, unavailable, misconfigured: try again later
-            status, code = 503, "payment_provider_unavailable"
+        status, code = provider_status(error)
         log.warning("payment provider error", extra={"status": status, "code": code, "provider_code": error.code})
         return error_response(status, code, f"Stripe: {error.message}")
 

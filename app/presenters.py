@@ -7,7 +7,7 @@ from datetime import datetime
 
 from app.models import Cart, Order, OrderStatus, Payment, PaymentStatus
 from app.models.base import isoformat, utcnow
-from app.payments.capture import payment_for_order
+from app.payments.queries import payment_for_order
 
 CAPTURE_STATUS = {
     PaymentStatus.AUTHORIZED: "scheduled",

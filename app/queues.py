@@ -1,4 +1,10 @@
-"""RQ queues on the app's Redis, and the one way to enqueue a capture."""
+"""RQ queues on the app's Redis, and the one way to enqueue a capture.
+
+Jobs are named by their dotted path (`CAPTURE_JOB`, `SWEEP_JOB`): RQ imports the function in the
+worker, so this module, which the use cases call, never imports the jobs that call the use cases.
+RQ is reached through its public API only; the listener's batched unique enqueue is this module's
+own Lua script (`UNIQUE_ENQUEUE_SCRIPT`), fed by `Job.to_dict()`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,13 @@ from flask import current_app
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.scripts import _build_hset_args, get_unique_enqueue_script
 
 from app.log import current_trace_id, new_trace_id, trace
 
 log = logging.getLogger(__name__)
+
+CAPTURE_JOB = "app.jobs.capture_order_job"
+SWEEP_JOB = "app.jobs.sweep_job"
 
 CAPTURE_QUEUE = "captures"
 DEFAULT_QUEUE = "default"
@@ -71,14 +79,12 @@ def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = Fals
     or a listener and the sweep, never queue the same capture twice. `replace_started` is for
     the sweep's recovery of a claim whose worker died: its job still looks "started".
     """
-    from app.jobs import capture_order_job
-
     captures = queue(CAPTURE_QUEUE)
     job_id = capture_job_id(order_id)
     for _ in range(2):
         try:
             captures.enqueue(
-                capture_order_job,
+                CAPTURE_JOB,
                 order_id,
                 trigger,
                 job_id=job_id,
@@ -110,11 +116,30 @@ def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = Fals
     return False
 
 
-def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | None) -> Job:
-    from app.jobs import capture_order_job
+# KEYS[1] the job's hash, KEYS[2] the queue's list; ARGV[1] the job id, ARGV[2..] the hash's fields and values.
+# The check and the write are one step in Redis: of two listeners enqueuing the same capture, one wins.
+UNIQUE_ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
 
+
+def _hash_fields(job: Job) -> list:
+    """The job as RQ stores it (`Job.to_dict()`), flattened for HSET."""
+    fields: list = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            fields += [name, value if isinstance(value, (bytes, str)) else str(value)]
+    return fields
+
+
+def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | None) -> Job:
     job = captures.create_job(
-        capture_order_job,
+        CAPTURE_JOB,
         args=(order_id, trigger),
         job_id=capture_job_id(order_id),
         retry=CAPTURE_RETRY,
@@ -125,7 +150,7 @@ def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | N
         description=f"capture order {order_id} ({trigger})",
         status=JobStatus.QUEUED,
     )
-    captures._prepare_for_queue(job)
+    job.enqueued_at = datetime.now(timezone.utc)
     return job
 
 
@@ -133,15 +158,15 @@ def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool 
     """Many captures in one Redis round trip, with `enqueue_capture`'s exactly-once semantics.
 
     At 100k live grace periods expiries arrive faster than one round trip per job allows
-    (bench/capture_lag.py: p99 8.5 s → 0.3 s). Each job goes through RQ's own atomic
-    unique-enqueue script, pipelined; an id still held by an earlier finished or failed job
-    falls back to `enqueue_capture`. (RQ is pinned to 2.12: these are the internals
-    `Queue.enqueue(unique=True)` uses; re-check them when moving RQ.)
+    (bench/capture_lag.py: p99 8.5 s → 0.3 s). Each job goes through `UNIQUE_ENQUEUE_SCRIPT`,
+    pipelined; an id still held by an earlier finished or failed job falls back to
+    `enqueue_capture`. tests/test_queues.py checks that a job written this way is the job
+    `Queue.enqueue` writes, so an RQ upgrade that changes the stored shape fails there.
     """
     if not order_ids:
         return 0
     captures = queue(CAPTURE_QUEUE)
-    script = get_unique_enqueue_script(captures.connection)
+    script = captures.connection.register_script(UNIQUE_ENQUEUE_SCRIPT)
     pipe = captures.connection.pipeline(transaction=False)
     pipe.sadd(captures.redis_queues_keys, captures.key)
     traces = []
@@ -149,8 +174,7 @@ def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool 
         trace_id = new_trace_id()  # one trace per expiry, carried by the job
         traces.append(trace_id)
         job = _capture_job(captures, order_id, trigger, trace_id)
-        ttl = job.ttl if job.ttl is not None else -1
-        script(keys=[job.key, captures.key], args=[job.id, "R", ttl] + _build_hset_args(job), client=pipe)
+        script(keys=[job.key, captures.key], args=[job.id, *_hash_fields(job)], client=pipe)
     queued = 0
     for order_id, trace_id, created in zip(order_ids, traces, pipe.execute()[1:]):
         with trace(trace_id):

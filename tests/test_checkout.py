@@ -128,13 +128,13 @@ def test_an_order_placed_by_the_other_path_between_two_lookups_is_returned_not_v
     cart, intent = paid_cart(client, sim_control)
     order = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
     lookups = []
-    real_lookup = placement._order_for_payment_intent
+    real_lookup = placement.order_for_payment_intent
 
     def first_lookup_before_the_commit(payment_intent_id):
         lookups.append(payment_intent_id)
         return None if len(lookups) == 1 else real_lookup(payment_intent_id)
 
-    monkeypatch.setattr(placement, "_order_for_payment_intent", first_lookup_before_the_commit)
+    monkeypatch.setattr(placement, "order_for_payment_intent", first_lookup_before_the_commit)
     with app.app_context():
         placed = placement.place_order(get_gateway().retrieve_payment_intent(intent["id"]))
         assert placed.id == order["id"]

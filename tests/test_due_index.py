@@ -74,7 +74,7 @@ def crowded(redis):
 def _expired_events(redis):
     redis.config_set("notify-keyspace-events", "Ex")
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("__keyevent@0__:expired")
+    pubsub.subscribe(f"__keyevent@{redis.connection_pool.connection_kwargs.get('db', 0)}__:expired")
     return pubsub
 
 

@@ -137,7 +137,7 @@ def _captured_order(app, client, sim_control, settings, currency="usd", quantiti
 
 
 def test_partial_and_full_refunds_never_exceed_what_was_captured(app, client, sim_control, settings, db_session):
-    from app.errors import Conflict
+    from app.payments.errors import StateConflict as Conflict
     from app.models import OrderTransaction, Refund
     from app.payments.refunds import refund_order
 
@@ -173,7 +173,7 @@ def test_charge_refunded_webhook_for_our_refund_adds_no_second_row(app, client, 
 
 
 def test_refund_before_capture_is_refused(app, client, sim_control):
-    from app.errors import Conflict
+    from app.payments.errors import StateConflict as Conflict
     from app.payments.refunds import refund_order
 
     order = place_order(client, sim_control)

@@ -1,7 +1,5 @@
 """Staff dashboard (server-rendered HTML, login required)."""
 
-from flask import Blueprint
+from app.dashboard.views import bp
 
-bp = Blueprint("dashboard", __name__, url_prefix="/admin")
-
-from app.dashboard import views  # noqa: E402,F401
+__all__ = ["bp"]

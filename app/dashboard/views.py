@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 
-from app.dashboard import bp
 from app.dashboard.auth import authenticate, current_staff, end_session, safe_next_url, start_session
 from app.dashboard.display import countdown, init_template_helpers, money
 from app.dashboard.forms import (
@@ -28,10 +27,14 @@ from app.extensions import db
 from app.models import OrderStatus, PaymentStatus
 from app.models.base import utcnow
 from app.payments.cancellation import cancel_order
-from app.payments.capture import CaptureOutcome, capture_now, payment_for_order, retry_failed_capture
-from app.payments.errors import PaymentProviderError
+from app.payments.capture import CaptureOutcome, capture_now, retry_failed_capture
+from app.payments.errors import DomainError
+from app.payments.provider_errors import PaymentProviderError
+from app.payments.queries import payment_for_order
 from app.payments.refunds import refund_order
 from app.presenters import CAPTURE_STATUS, payment_status
+
+bp = Blueprint("dashboard", __name__, url_prefix="/admin")
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +243,7 @@ def order_action(order_id: str, action: str):
 
     try:
         message, category = _perform(action, detail, amount)
-    except (ApiError, PaymentProviderError) as exc:
+    except (ApiError, DomainError, PaymentProviderError) as exc:
         message, category = exc.message, "error"
     log.info("staff action", extra={"action": action, "order_id": order_id, "staff_id": g.staff.id,
                                     "amount": amount, "result": category})
@@ -276,7 +279,7 @@ def _capture_message(order_id: str, outcome: str, currency: str) -> tuple[str, s
         return f"Stripe refused the capture: {payment.last_capture_error or 'no reason given'}", "error"
     if outcome == CaptureOutcome.CANCELED:
         return "The authorization was canceled at Stripe; nothing was captured.", "error"
-    if outcome == "retrying":
+    if outcome == CaptureOutcome.RETRYING:
         return "Stripe did not answer; the capture is queued and will be retried.", "info"
     status = payment.status.replace("_", " ") if payment else "without payment"
     return f"The payment cannot be captured now (it is {status}).", "error"

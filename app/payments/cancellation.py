@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 from app.db_tx import write_transaction
-from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.extensions import db
 from app.models import Order, OrderStatus, PaymentStatus
 from app.models.base import utcnow
 from app.payments import transitions
-from app.payments.capture import payment_for_order
-from app.payments.errors import InvalidRequest, PaymentProviderError
+from app.payments.errors import GracePeriodOver, NotCancelable, OrderBusy, ProviderUnavailable
+from app.payments.provider_errors import PaymentProviderError, ProviderRefused
+from app.payments.queries import payment_for_order, require_order
 from app.payments.reconcile import apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import get_gateway
 
@@ -24,14 +24,12 @@ def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool
     Staff may cancel an uncaptured order after the deadline (`after_deadline=True`).
     A second cancel returns the canceled order unchanged.
     """
-    order = db.session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"No order with id {order_id!r}.")
+    order = require_order(order_id)
     payment = payment_for_order(order_id)
     if order.status == OrderStatus.CANCELED:
         return order
     if payment is None:
-        raise Conflict("The order has no payment to void.", code="not_cancelable")
+        raise NotCancelable("The order has no payment to void.")
 
     with write_transaction():
         began = transitions.begin_cancel(payment.id, before_deadline=None if after_deadline else utcnow())
@@ -41,29 +39,28 @@ def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool
         if payment.status == PaymentStatus.CANCELED:
             return db.session.get(Order, order_id)
         if payment.status in (PaymentStatus.CAPTURING, PaymentStatus.CAPTURED) or payment.capture_due_at <= utcnow():
-            raise Conflict("The grace period is over; the order can no longer be canceled.", code="grace_period_expired")
-        raise Conflict("The order is being changed; try again.", code="order_busy")
+            raise GracePeriodOver("The grace period is over; the order can no longer be canceled.")
+        raise OrderBusy("The order is being changed; try again.")
 
     try:
         get_gateway().cancel_payment_intent(
             payment.stripe_payment_intent_id, idempotency_key=f"cancel:{payment.id}", reason="requested_by_customer"
         )
-    except InvalidRequest as exc:
+    except ProviderRefused as exc:
         intent = get_gateway().retrieve_payment_intent(payment.stripe_payment_intent_id)
         if intent.status == "succeeded":
             with write_transaction():
                 transitions.abort_cancel(payment.id)
             apply_captured(payment.id, intent, created_by="stripe")
-            raise Conflict("The payment was already captured.", code="grace_period_expired") from exc
+            raise GracePeriodOver("The payment was already captured.") from exc
         if intent.status != "canceled":
             with write_transaction():
                 transitions.abort_cancel(payment.id)
-            raise Conflict(f"Stripe refused to void the payment: {exc.message}", code="not_cancelable") from exc
+            raise NotCancelable(f"Stripe refused to void the payment: {exc.message}") from exc
     except PaymentProviderError as exc:
         with write_transaction():
             transitions.abort_cancel(payment.id)
-        raise ServiceUnavailable("Stripe is unavailable; the order was not canceled. Try again.",
-                                 code="payment_provider_unavailable") from exc
+        raise ProviderUnavailable("Stripe is unavailable; the order was not canceled. Try again.") from exc
 
     with write_transaction():
         transitions.record_canceled(payment.id, f"canceled by {actor}")

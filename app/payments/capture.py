@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 from flask import current_app
-from sqlalchemy import select
 
 from app.db_tx import write_transaction
 from app.extensions import db
@@ -21,18 +20,20 @@ from app.models import CaptureAttempt, Order, Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments import transitions
 from app.payments.capture_intents import service_for
-from app.payments.errors import (
+from app.payments.provider_errors import (
     CardDeclined,
     IdempotencyConflict,
-    InvalidRequest,
     PaymentProviderError,
     ProviderMisconfigured,
-    ProviderUnavailable,
+    ProviderOutcomeUnknown,
+    ProviderRefused,
     RateLimited,
     ResourceMissing,
 )
+from app.payments.queries import payment_for_order
 from app.payments.reconcile import apply_canceled, apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
+from app.queues import enqueue_capture
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class CaptureOutcome:
     NOT_CAPTURABLE = "not_capturable"  # canceled, being canceled, or another job holds the claim
     FAILED = "failed"
     CANCELED = "canceled"
+    RETRYING = "retrying"  # Stripe gave no usable answer; the capture job is queued to try again
 
 
 class CaptureRetryLater(Exception):
@@ -53,12 +55,6 @@ class CaptureRetryLater(Exception):
 
 def capture_idempotency_key(payment_id: str) -> str:
     return f"capture:{payment_id}"
-
-
-def payment_for_order(order_id: str) -> Payment | None:
-    return db.session.scalar(
-        select(Payment).where(Payment.order_id == order_id).order_by(Payment.created_at.desc()).limit(1)
-    )
 
 
 def _record_attempt(payment: Payment, outcome: str, amount: int, trigger: str, error: str | None = None) -> None:
@@ -108,9 +104,9 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
         )
     except RateLimited as exc:
         return _after_rate_limit(payment, amount, trigger, exc)
-    except ProviderUnavailable as exc:
+    except ProviderOutcomeUnknown as exc:
         return _after_ambiguous_failure(payment, amount, trigger, exc)
-    except (CardDeclined, InvalidRequest, IdempotencyConflict) as exc:
+    except (CardDeclined, ProviderRefused, IdempotencyConflict) as exc:
         return _after_refusal(payment, amount, trigger, exc)
     except (ProviderMisconfigured, PaymentProviderError) as exc:
         return _after_ambiguous_failure(payment, amount, trigger, exc)
@@ -184,7 +180,7 @@ def _after_refusal(payment: Payment, amount: int, trigger: str, exc: PaymentProv
         return _settle(payment, intent, amount, trigger, actor="engine")
     if intent is MISSING:
         # Retrying cannot help: a person must look (wrong Stripe key or account, a deleted object).
-        exc = InvalidRequest(f"PaymentIntent {payment.stripe_payment_intent_id} not found at Stripe",
+        exc = ProviderRefused(f"PaymentIntent {payment.stripe_payment_intent_id} not found at Stripe",
                              code="resource_missing")
     elif intent is None:
         with write_transaction():
@@ -223,10 +219,8 @@ def retry_failed_capture(order_id: str, *, actor: str) -> str:
 
 
 def _capture_or_enqueue(order_id: str, *, trigger: str, allow_failed: bool, actor: str) -> str:
-    from app.queues import enqueue_capture
-
     try:
         return capture_order(order_id, trigger=trigger, allow_failed=allow_failed, actor=actor)
     except CaptureRetryLater:
         enqueue_capture(order_id, trigger)
-        return "retrying"
+        return CaptureOutcome.RETRYING

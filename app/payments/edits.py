@@ -16,19 +16,27 @@ from sqlalchemy import select, update
 
 from app.carts import MAX_LINE_ITEMS, MAX_QUANTITY
 from app.db_tx import write_transaction
-from app.errors import Conflict, InvalidRequest, NotFound, PaymentRequired, ServiceUnavailable
 from app.extensions import db
 from app.log import current_trace_id
 from app.models import Order, OrderChange, OrderItem, OrderStatus, Payment, PaymentStatus, Product
 from app.models.base import utcnow
 from app.money import MAX_AMOUNT
-from app.payments.capture import payment_for_order
 from app.payments.errors import (
-    CardDeclined,
-    IdempotencyConflict,
-    InvalidRequest as ProviderInvalidRequest,
-    PaymentProviderError,
+    AmountTooLarge,
+    CurrencyMismatch,
+    DuplicateProduct,
+    EditConflict,
+    GracePeriodOver,
+    IncreaseDeclined,
+    IncreaseUnsupported,
+    InvalidItems,
+    OrderCanceled,
+    ProductNotFound,
+    ProviderUnavailable,
+    TooManyItems,
 )
+from app.payments.provider_errors import CardDeclined, IdempotencyConflict, PaymentProviderError, ProviderRefused
+from app.payments.queries import payment_for_order, require_order
 from app.payments.stripe_gateway import get_gateway
 
 log = logging.getLogger(__name__)
@@ -51,47 +59,44 @@ def _snapshot(items) -> list[dict]:
 
 def _price(order: Order, lines: list[EditLine]) -> list[OrderItem]:
     if not lines:
-        raise InvalidRequest("An order needs at least one item; cancel the order instead.", code="invalid_request")
+        raise InvalidItems("An order needs at least one item; cancel the order instead.")
     if len(lines) > MAX_LINE_ITEMS:
-        raise InvalidRequest(f"An order holds at most {MAX_LINE_ITEMS} lines.", code="too_many_items")
+        raise TooManyItems(f"An order holds at most {MAX_LINE_ITEMS} lines.")
     ids = [line.product_id for line in lines]
     if len(set(ids)) != len(ids):
-        raise InvalidRequest("Each product may appear once; set its quantity instead.", code="duplicate_product")
+        raise DuplicateProduct("Each product may appear once; set its quantity instead.")
     products = {p.id: p for p in db.session.scalars(select(Product).where(Product.id.in_(ids)))}
     items = []
     for position, line in enumerate(lines):
         product = products.get(line.product_id)
         if product is None:
-            raise NotFound(f"No product with id {line.product_id!r}.")
+            raise ProductNotFound(f"No product with id {line.product_id!r}.")
         if product.currency != order.currency:
-            raise InvalidRequest(f"The product is priced in {product.currency}, the order in {order.currency}.",
-                                 code="currency_mismatch")
+            raise CurrencyMismatch(f"The product is priced in {product.currency}, the order in {order.currency}.")
         if not 1 <= line.quantity <= MAX_QUANTITY:
-            raise InvalidRequest(f"Quantities must be between 1 and {MAX_QUANTITY}.", code="invalid_request")
+            raise InvalidItems(f"Quantities must be between 1 and {MAX_QUANTITY}.")
         items.append(OrderItem(product_id=product.id, title=product.title, unit_amount=product.unit_amount,
                                quantity=line.quantity, position=position))
     if sum(item.total for item in items) > MAX_AMOUNT:
-        raise InvalidRequest(f"The order total may not exceed {MAX_AMOUNT} minor units.", code="amount_too_large")
+        raise AmountTooLarge(f"The order total may not exceed {MAX_AMOUNT} minor units.")
     return items
 
 
 def _require_editable(order: Order, payment: Payment | None) -> None:
     if order.status == OrderStatus.CANCELED:
-        raise Conflict("The order was canceled.", code="order_canceled")
+        raise OrderCanceled("The order was canceled.")
     if (
         payment is None
         or payment.status != PaymentStatus.AUTHORIZED
         or order.status != OrderStatus.PENDING
         or order.grace_period_ends_at <= utcnow()
     ):
-        raise Conflict("The grace period is over; the order can no longer be edited.", code="grace_period_expired")
+        raise GracePeriodOver("The grace period is over; the order can no longer be edited.")
 
 
 def edit_order(order_id: str, lines: list[EditLine]) -> Order:
     """Replace the order's items (totals recomputed here); 409/402 leave the order unchanged."""
-    order = db.session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"No order with id {order_id!r}.")
+    order = require_order(order_id)
     payment = payment_for_order(order_id)
     _require_editable(order, payment)
     new_items = _price(order, lines)
@@ -112,7 +117,7 @@ def edit_order(order_id: str, lines: list[EditLine]) -> Order:
             .execution_options(synchronize_session=False)
         ).rowcount == 1
         if not still_authorized:
-            raise Conflict("The order is being captured; the edit was not applied.", code="grace_period_expired")
+            raise GracePeriodOver("The order is being captured; the edit was not applied.")
         same_version = session.execute(
             update(Order)
             .where(Order.id == order_id, Order.version == version, Order.status == OrderStatus.PENDING)
@@ -120,7 +125,7 @@ def edit_order(order_id: str, lines: list[EditLine]) -> Order:
             .execution_options(synchronize_session=False)
         ).rowcount == 1
         if not same_version:
-            raise Conflict("The order was changed meanwhile; reload it and edit again.", code="edit_conflict")
+            raise EditConflict("The order was changed meanwhile; reload it and edit again.")
         session.expire_all()
         fresh = session.get(Order, order_id)
         fresh.items = new_items
@@ -154,21 +159,18 @@ def _increment(payment: Payment, new_total: int, order_id: str, version: int) ->
             idempotency_key=f"edit:{order_id}:{version + 1}:{new_total}",
         )
     except CardDeclined as exc:
-        raise PaymentRequired(f"The card issuer declined the higher amount: {exc.message}",
-                              code="authorization_increase_declined") from exc
+        raise IncreaseDeclined(f"The card issuer declined the higher amount: {exc.message}") from exc
     except IdempotencyConflict as exc:
-        raise Conflict("Another edit of this order is in progress; reload and try again.", code="edit_conflict") from exc
-    except ProviderInvalidRequest as exc:
+        raise EditConflict("Another edit of this order is in progress; reload and try again.") from exc
+    except ProviderRefused as exc:
         if exc.code == "amount_too_small":
             # An earlier increment whose answer was lost may already cover this total.
             current = gateway.retrieve_payment_intent(payment.stripe_payment_intent_id)
             if current.status == "requires_capture" and current.amount_capturable >= new_total:
                 return current.amount_capturable
         if exc.code in UNSUPPORTED_CODES:
-            raise PaymentRequired("The card does not support raising the authorized amount.",
-                                  code="authorization_increase_unsupported") from exc
-        raise Conflict(f"Stripe refused to raise the authorization: {exc.message}", code="grace_period_expired") from exc
+            raise IncreaseUnsupported("The card does not support raising the authorized amount.") from exc
+        raise GracePeriodOver(f"Stripe refused to raise the authorization: {exc.message}") from exc
     except PaymentProviderError as exc:
-        raise ServiceUnavailable("Stripe is unavailable; the order was not changed. Try again.",
-                                 code="payment_provider_unavailable") from exc
+        raise ProviderUnavailable("Stripe is unavailable; the order was not changed. Try again.") from exc
     return intent.amount_capturable or intent.amount

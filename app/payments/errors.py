@@ -1,50 +1,183 @@
-"""The project's own payment-provider errors (the gateway maps Stripe's onto these)."""
+"""The domain's own errors: what happened to a cart, an order or a payment, each with the contract's code.
+
+The use cases raise these and know nothing of HTTP. One mapping at the edge
+(`DOMAIN_STATUS` in the edge's errors module) turns each kind into the contract's status: `Missing` 404,
+`Invalid` 422, `StateConflict` 409, `Declined` 402, `TryAgainLater` 503. The message is
+for the person who sent the request; the code is for programs.
+"""
 
 from __future__ import annotations
 
 
-class PaymentProviderError(Exception):
-    """Stripe refused or failed a request."""
+class DomainError(Exception):
+    """Something the caller can act on; `code` is the contract's snake_case error code."""
 
-    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None):
+    code = "domain_error"
+
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-        self.code = code
-        self.http_status = http_status
 
 
-class CardDeclined(PaymentProviderError):
-    """The card issuer declined (authorization, increment or capture)."""
+# The kinds: one status each at the edge.
 
-    def __init__(self, message: str, *, code: str | None = None, decline_code: str | None = None, **kw):
-        super().__init__(message, code=code, **kw)
-        self.decline_code = decline_code
+class Missing(DomainError):
+    """The thing named does not exist."""
 
-
-class RateLimited(PaymentProviderError):
-    """Stripe asked us to slow down: retry later with the same idempotency key."""
+    code = "not_found"
 
 
-class ProviderUnavailable(PaymentProviderError):
-    """Stripe could not be reached or failed internally; the outcome may be unknown."""
+class Invalid(DomainError):
+    """The request asks for something the rules never allow (whatever the state)."""
+
+    code = "invalid_request"
 
 
-class InvalidRequest(PaymentProviderError):
-    """Stripe rejected the request as invalid for the object's current state."""
+class StateConflict(DomainError):
+    """The request is fine but the cart, order or payment is not in a state that allows it now."""
 
-    def __init__(self, message: str, *, param: str | None = None, **kw):
-        super().__init__(message, **kw)
-        self.param = param
+    code = "conflict"
 
 
-class IdempotencyConflict(PaymentProviderError):
-    """The idempotency key was used before with other parameters."""
+class Declined(DomainError):
+    """The card issuer or Stripe declined the money asked for."""
+
+    code = "payment_declined"
 
 
-class ResourceMissing(InvalidRequest):
-    """The Stripe object does not exist."""
+class TryAgainLater(DomainError):
+    """Stripe did not answer usefully; nothing was changed, and the same request may succeed later."""
+
+    code = "payment_provider_unavailable"
 
 
-class ProviderMisconfigured(PaymentProviderError):
-    """Bad API key or no Stripe configured."""
+# Missing
 
+class ProductNotFound(Missing):
+    pass
+
+
+class CartNotFound(Missing):
+    pass
+
+
+class LineItemNotFound(Missing):
+    pass
+
+
+class OrderNotFound(Missing):
+    pass
+
+
+class UnknownPaymentIntent(Missing):
+    """A PaymentIntent that names no cart of this engine."""
+
+
+# Invalid
+
+class InvalidItems(Invalid):
+    """An edit's item list or a refund's amount breaks a rule of its own (empty, out of range)."""
+
+
+class TooManyItems(Invalid):
+    code = "too_many_items"
+
+
+class DuplicateProduct(Invalid):
+    code = "duplicate_product"
+
+
+class CurrencyMismatch(Invalid):
+    code = "currency_mismatch"
+
+
+class AmountTooLarge(Invalid):
+    code = "amount_too_large"
+
+
+class QuantityTooLarge(Invalid):
+    code = "quantity_too_large"
+
+
+class CartEmpty(Invalid):
+    code = "cart_empty"
+
+
+class InvalidRefundAmount(Invalid):
+    pass
+
+
+# StateConflict
+
+class CartCompleted(StateConflict):
+    code = "cart_completed"
+
+
+class PaymentNotAuthorized(StateConflict):
+    code = "payment_not_authorized"
+
+
+class PaymentNotPlaceable(StateConflict):
+    """The authorization exists but cannot become this cart's order (it was voided instead)."""
+
+    code = "payment_not_placeable"
+
+
+class PaymentIntentUnavailable(StateConflict):
+    code = "payment_intent_unavailable"
+
+
+class GracePeriodOver(StateConflict):
+    code = "grace_period_expired"
+
+
+class OrderCanceled(StateConflict):
+    code = "order_canceled"
+
+
+class EditConflict(StateConflict):
+    """Another edit of the same order won; reload and edit again."""
+
+    code = "edit_conflict"
+
+
+class OrderBusy(StateConflict):
+    """Another operation holds the payment for a moment (a cancel or capture in flight)."""
+
+    code = "order_busy"
+
+
+class NotCancelable(StateConflict):
+    code = "not_cancelable"
+
+
+class NotCaptured(StateConflict):
+    code = "not_captured"
+
+
+class RefundExceedsCaptured(StateConflict):
+    code = "refund_exceeds_captured"
+
+
+class RefundRefused(StateConflict):
+    code = "refund_refused"
+
+
+# Declined
+
+class PaymentDeclined(Declined):
+    code = "payment_declined"
+
+
+class IncreaseDeclined(Declined):
+    code = "authorization_increase_declined"
+
+
+class IncreaseUnsupported(Declined):
+    code = "authorization_increase_unsupported"
+
+
+# TryAgainLater
+
+class ProviderUnavailable(TryAgainLater):
+    code = "payment_provider_unavailable"

@@ -8,12 +8,12 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app.carts import get_cart
 from app.db_tx import write_transaction
-from app.errors import Conflict, InvalidRequest
 from app.extensions import db
-from app.models import Cart, Order, PaymentCollection, PaymentSession, PaymentSessionStatus
-from app.payments.errors import InvalidRequest as ProviderInvalidRequest
+from app.models import Cart, PaymentCollection, PaymentSession, PaymentSessionStatus
+from app.payments.errors import CartCompleted, CartEmpty, PaymentIntentUnavailable
+from app.payments.provider_errors import ProviderRefused
+from app.payments.queries import order_for_cart, require_cart, session_for_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,9 @@ def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -
     """Remember the PaymentIntent (once, by its unique id) and make it the cart's current one."""
     try:
         with write_transaction() as session:
-            cart = get_cart(cart_id)
+            cart = require_cart(cart_id)
             collection = collection_for_cart(cart)
-            existing = session.scalar(
-                select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id)
-            )
+            existing = session_for_intent(intent.id)
             if existing is None:
                 session.add(
                     PaymentSession(
@@ -81,14 +79,12 @@ def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -
         # A concurrent request for the same cart recorded it first: same key, same PaymentIntent.
         db.session.rollback()
         with write_transaction():
-            get_cart(cart_id).payment_intent_id = intent.id
+            require_cart(cart_id).payment_intent_id = intent.id
 
 
 def _mark_canceled(payment_intent_id: str) -> None:
-    with write_transaction() as session:
-        row = session.scalar(
-            select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == payment_intent_id)
-        )
+    with write_transaction():
+        row = session_for_intent(payment_intent_id)
         if row is not None:
             row.status = PaymentSessionStatus.CANCELED
 
@@ -101,7 +97,7 @@ def _cancel_stale(intent_id: str) -> None:
         try:
             gateway.cancel_payment_intent(intent_id, idempotency_key=f"cancel-stale:{intent_id}", reason="abandoned")
             log.info("stale payment intent canceled", extra={"payment_intent_id": intent_id})
-        except ProviderInvalidRequest as exc:
+        except ProviderRefused as exc:
             # It moved on meanwhile (e.g. canceled already); the next retrieve tells the truth.
             log.warning("stale payment intent not canceled", extra={"payment_intent_id": intent_id, "error": exc.message})
             return
@@ -110,18 +106,16 @@ def _cancel_stale(intent_id: str) -> None:
 
 def ensure_payment_intent(cart_id: str) -> PaymentIntent:
     """The cart's PaymentIntent for its current total: the same one on every call until the total changes."""
-    cart = get_cart(cart_id)
-    if db.session.scalar(select(Order.id).where(Order.cart_id == cart.id)):
-        raise Conflict("The cart was already turned into an order.", code="cart_completed")
+    cart = require_cart(cart_id)
+    if order_for_cart(cart.id) is not None:
+        raise CartCompleted("The cart was already turned into an order.")
     amount, currency = cart.total, cart.currency
     if not cart.items or amount <= 0:
-        raise InvalidRequest("The cart is empty; add items before paying.", code="cart_empty")
+        raise CartEmpty("The cart is empty; add items before paying.")
     gateway = get_gateway()
 
     if cart.payment_intent_id:
-        current = db.session.scalar(
-            select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == cart.payment_intent_id)
-        )
+        current = session_for_intent(cart.payment_intent_id)
         if current is not None and current.amount == amount and current.currency == currency:
             intent = gateway.retrieve_payment_intent(current.stripe_payment_intent_id)
             if intent.status != "canceled":
@@ -136,7 +130,7 @@ def ensure_payment_intent(cart_id: str) -> PaymentIntent:
             log.info("payment intent ready", extra={"cart_id": cart_id, "payment_intent_id": intent.id, "amount": amount})
             return intent
         # The key led to a PaymentIntent canceled behind our back: now recorded, the next generation is fresh.
-    raise Conflict("Could not obtain a usable PaymentIntent; try again.", code="payment_intent_unavailable")
+    raise PaymentIntentUnavailable("Could not obtain a usable PaymentIntent; try again.")
 
 
 def _create_for_generation(cart_id: str, amount: int, currency: str) -> PaymentIntent:

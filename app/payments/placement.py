@@ -11,11 +11,9 @@ import logging
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.db_tx import write_transaction
-from app.errors import Conflict, NotFound, PaymentRequired
 from app.extensions import db
 from app.log import current_trace_id
 from app.models import (
@@ -29,8 +27,15 @@ from app.models import (
     PaymentStatus,
 )
 from app.models.base import utcnow
-from app.payments.errors import InvalidRequest as ProviderInvalidRequest
+from app.payments.errors import (
+    PaymentDeclined,
+    PaymentNotAuthorized,
+    PaymentNotPlaceable,
+    UnknownPaymentIntent,
+)
 from app.payments.payment_intents import collection_for_cart
+from app.payments.provider_errors import ProviderRefused
+from app.payments.queries import order_for_cart, order_for_payment_intent, require_cart, session_for_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.signals import order_placed
 
@@ -39,25 +44,9 @@ log = logging.getLogger(__name__)
 DISPLAY_ID_OFFSET = 1000
 
 
-class PaymentNotPlaceable(Exception):
-    """The PaymentIntent is authorized but cannot become an order (it was voided instead)."""
-
-
 def authorized_amount(intent: PaymentIntent) -> int:
     """What the card holds for us: `amount_capturable`, or the whole amount once captured elsewhere."""
     return intent.amount_capturable if intent.is_authorized else intent.amount
-
-
-def _order_for_payment_intent(payment_intent_id: str) -> Order | None:
-    return db.session.scalar(
-        select(Order).join(Payment, Payment.order_id == Order.id).where(
-            Payment.stripe_payment_intent_id == payment_intent_id
-        )
-    )
-
-
-def _order_for_cart(cart_id: str) -> Order | None:
-    return db.session.scalar(select(Order).where(Order.cart_id == cart_id))
 
 
 def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
@@ -65,10 +54,10 @@ def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
     log.warning("voiding authorization that cannot become an order", extra={"payment_intent_id": intent.id, "why": why})
     try:
         get_gateway().cancel_payment_intent(intent.id, idempotency_key=f"void-unplaceable:{intent.id}", reason="duplicate")
-    except ProviderInvalidRequest as exc:
+    except ProviderRefused as exc:
         log.warning("void refused by Stripe", extra={"payment_intent_id": intent.id, "error": exc.message})
-    with write_transaction() as session:
-        row = session.scalar(select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id))
+    with write_transaction():
+        row = session_for_intent(intent.id)
         if row is not None:
             row.status = PaymentSessionStatus.CANCELED
             row.last_error = why
@@ -76,21 +65,21 @@ def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
 
 def place_order(intent: PaymentIntent) -> Order:
     """The order for this authorized PaymentIntent, created if it does not exist yet."""
-    existing = _order_for_payment_intent(intent.id)
+    existing = order_for_payment_intent(intent.id)
     if existing is not None:
         return existing
     cart_id = intent.metadata.get("cart_id")
     cart = db.session.get(Cart, cart_id) if cart_id else None
     if cart is None:
-        raise NotFound(f"PaymentIntent {intent.id} names no known cart.")
+        raise UnknownPaymentIntent(f"PaymentIntent {intent.id} names no known cart.")
     if intent.status not in ("requires_capture", "succeeded"):
-        raise Conflict("The payment is not authorized yet.", code="payment_not_authorized")
+        raise PaymentNotAuthorized("The payment is not authorized yet.")
 
-    other = _order_for_cart(cart.id)
+    other = order_for_cart(cart.id)
     if other is not None:
         # On PostgreSQL each statement sees the latest commits: the other path (webhook or
         # /complete) may have placed this very PaymentIntent since the first lookup.
-        mine = _order_for_payment_intent(intent.id)
+        mine = order_for_payment_intent(intent.id)
         if mine is not None:
             return mine
         _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
@@ -104,9 +93,9 @@ def place_order(intent: PaymentIntent) -> Order:
     except IntegrityError:
         # The other path (webhook or /complete) committed first: use its order.
         db.session.rollback()
-        order = _order_for_payment_intent(intent.id)
+        order = order_for_payment_intent(intent.id)
         if order is None:
-            other = _order_for_cart(cart.id)
+            other = order_for_cart(cart.id)
             if other is None:
                 raise
             _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
@@ -151,9 +140,7 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
         session.add(order)
         collection = collection_for_cart(cart)
         collection.order = order
-        payment_session = session.scalar(
-            select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id)
-        )
+        payment_session = session_for_intent(intent.id)
         if payment_session is None:
             payment_session = PaymentSession(
                 payment_collection=collection,
@@ -185,23 +172,19 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
 
 def complete_cart(cart_id: str) -> Order:
     """`POST /store/carts/{id}/complete`: the cart's order once Stripe says the payment is authorized."""
-    cart = db.session.get(Cart, cart_id)
-    if cart is None:
-        raise NotFound(f"No cart with id {cart_id!r}.")
-    order = _order_for_cart(cart.id)
+    cart = require_cart(cart_id)
+    order = order_for_cart(cart.id)
     if order is not None:
         return order
     if not cart.payment_intent_id:
-        raise Conflict("The cart has no payment yet; create a payment intent first.", code="payment_not_authorized")
+        raise PaymentNotAuthorized("The cart has no payment yet; create a payment intent first.")
     intent = get_gateway().retrieve_payment_intent(cart.payment_intent_id)
     if intent.is_authorized:
         try:
             return place_order(intent)
         except PaymentNotPlaceable as exc:
-            raise Conflict(f"The payment cannot be used: {exc}. Pay again.", code="payment_not_placeable") from None
+            raise PaymentNotPlaceable(f"The payment cannot be used: {exc.message}. Pay again.") from None
     if intent.status == "requires_payment_method" and intent.last_error_message:
         reason = intent.last_error_decline_code or intent.last_error_code or "declined"
-        raise PaymentRequired(f"The payment failed ({reason}): {intent.last_error_message}", code="payment_declined")
-    raise Conflict(
-        f"The payment is not authorized yet (PaymentIntent status {intent.status}).", code="payment_not_authorized"
-    )
+        raise PaymentDeclined(f"The payment failed ({reason}): {intent.last_error_message}")
+    raise PaymentNotAuthorized(f"The payment is not authorized yet (PaymentIntent status {intent.status}).")

@@ -12,19 +12,16 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.db_tx import write_transaction
-from app.extensions import db
 from app.log import current_trace_id
-from app.models import Payment, PaymentSession, Refund, RefundStatus
+from app.models import Payment, Refund, RefundStatus
 from app.payments import transitions
 from app.payments.capture_intents import service_for
 from app.payments.payment_intents import session_status_for
-from app.payments.stripe_gateway import PaymentIntent, Refund as StripeRefund, get_gateway
+from app.payments.queries import session_for_intent
+from app.payments.stripe_gateway import PaymentIntent, get_gateway
+from app.payments.stripe_gateway import Refund as StripeRefund
 
 log = logging.getLogger(__name__)
-
-
-def payment_for_intent(payment_intent_id: str) -> Payment | None:
-    return db.session.scalar(select(Payment).where(Payment.stripe_payment_intent_id == payment_intent_id))
 
 
 def remove_capture_intent(order_id: str) -> None:
@@ -37,8 +34,8 @@ def remove_capture_intent(order_id: str) -> None:
 
 def sync_session(intent: PaymentIntent) -> None:
     """Record a cart's payment attempt as Stripe sees it (declines keep Stripe's reason)."""
-    with write_transaction() as session:
-        row = session.scalar(select(PaymentSession).where(PaymentSession.stripe_payment_intent_id == intent.id))
+    with write_transaction():
+        row = session_for_intent(intent.id)
         if row is None:
             return
         row.status = session_status_for(intent)

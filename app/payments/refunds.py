@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 
 from app.db_tx import write_transaction
-from app.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from app.extensions import db
 from app.ids import new_id
 from app.log import current_trace_id
-from app.models import Order, PaymentStatus, Refund, RefundStatus
+from app.models import PaymentStatus, Refund, RefundStatus
 from app.payments import transitions
-from app.payments.capture import payment_for_order
-from app.payments.errors import CardDeclined, InvalidRequest as ProviderInvalidRequest, PaymentProviderError
+from app.payments.errors import (
+    InvalidRefundAmount,
+    NotCaptured,
+    ProviderUnavailable,
+    RefundExceedsCaptured,
+    RefundRefused,
+)
+from app.payments.provider_errors import CardDeclined, PaymentProviderError, ProviderRefused
+from app.payments.queries import payment_for_order, require_order
 from app.payments.stripe_gateway import get_gateway
 
 log = logging.getLogger(__name__)
@@ -21,21 +27,19 @@ log = logging.getLogger(__name__)
 def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str | None = None,
                  note: str | None = None) -> Refund:
     """Refund `amount` (default: all that is left) of the order's captured payment."""
-    order = db.session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"No order with id {order_id!r}.")
+    require_order(order_id)
     payment = payment_for_order(order_id)
     if payment is None or payment.status != PaymentStatus.CAPTURED:
-        raise Conflict("Only a captured payment can be refunded.", code="not_captured")
+        raise NotCaptured("Only a captured payment can be refunded.")
     if amount is None:
         amount = payment.refundable_amount
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise InvalidRequest("The refund amount must be a positive integer in minor units.")
+        raise InvalidRefundAmount("The refund amount must be a positive integer in minor units.")
 
     refund_id = new_id("ref")
     with write_transaction() as session:
         if not transitions.reserve_refund(payment.id, amount):
-            raise Conflict("The refund exceeds what was captured and not yet refunded.", code="refund_exceeds_captured")
+            raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
         session.add(
             Refund(
                 id=refund_id,
@@ -57,19 +61,18 @@ def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str |
             idempotency_key=f"refund:{refund_id}",
             metadata={"refund_id": refund_id, "order_id": order_id},
         )
-    except (CardDeclined, ProviderInvalidRequest) as exc:
+    except (CardDeclined, ProviderRefused) as exc:
         with write_transaction() as session:
             refund = session.get(Refund, refund_id)
             refund.status = RefundStatus.FAILED
             refund.last_error = exc.message[:1000]
             transitions.release_refund(payment.id, amount)
-        raise Conflict(f"Stripe refused the refund: {exc.message}", code="refund_refused") from exc
+        raise RefundRefused(f"Stripe refused the refund: {exc.message}") from exc
     except PaymentProviderError as exc:
         # The outcome is unknown: the reservation stays; `charge.refunded` (metadata refund_id) completes it.
         with write_transaction() as session:
             session.get(Refund, refund_id).last_error = exc.message[:1000]
-        raise ServiceUnavailable("Stripe did not answer; the refund is pending and will be reconciled.",
-                                 code="payment_provider_unavailable") from exc
+        raise ProviderUnavailable("Stripe did not answer; the refund is pending and will be reconciled.") from exc
 
     with write_transaction():
         transitions.complete_refund(refund_id, stripe_refund.id)

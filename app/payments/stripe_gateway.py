@@ -10,13 +10,13 @@ from typing import Any
 import stripe
 from flask import Flask, current_app
 
-from app.payments.errors import (
+from app.payments.provider_errors import (
     CardDeclined,
     IdempotencyConflict,
-    InvalidRequest,
     PaymentProviderError,
     ProviderMisconfigured,
-    ProviderUnavailable,
+    ProviderOutcomeUnknown,
+    ProviderRefused,
     RateLimited,
     ResourceMissing,
 )
@@ -155,11 +155,11 @@ def _translate(exc: stripe.StripeError) -> PaymentProviderError:
     if isinstance(exc, stripe.InvalidRequestError):
         if status == 404 or code == "resource_missing":
             return ResourceMissing(message, code=code, param=getattr(exc, "param", None), http_status=status)
-        return InvalidRequest(message, code=code, param=getattr(exc, "param", None), http_status=status)
+        return ProviderRefused(message, code=code, param=getattr(exc, "param", None), http_status=status)
     if isinstance(exc, (stripe.AuthenticationError, stripe.PermissionError)):
         return ProviderMisconfigured(message, code=code, http_status=status)
     if isinstance(exc, (stripe.APIConnectionError, stripe.APIError)):
-        return ProviderUnavailable(message, code=code, http_status=status)
+        return ProviderOutcomeUnknown(message, code=code, http_status=status)
     return PaymentProviderError(message, code=code, http_status=status)
 
 

@@ -1,7 +1,5 @@
 """The storefront JSON API: products, carts, payment, orders."""
 
-from flask import Blueprint
+from app.storefront.routes import bp
 
-bp = Blueprint("storefront", __name__, url_prefix="/store")
-
-from app.storefront import routes  # noqa: E402,F401
+__all__ = ["bp"]

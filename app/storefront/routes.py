@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from flask import jsonify
+from flask import Blueprint, jsonify
 from sqlalchemy import select
 
 from app import carts
 from app.carts import MAX_QUANTITY
-from app.errors import InvalidRequest, NotFound
+from app.errors import InvalidRequest
 from app.extensions import db
-from app.models import Order, Product
+from app.models import Product
 from app.payments import cancellation, edits
 from app.payments.edits import EditLine
 from app.payments.payment_intents import ensure_payment_intent
 from app.payments.placement import complete_cart
+from app.payments.queries import require_order
 from app.presenters import cart_json, order_json
-from app.storefront import bp
 from app.storefront.validation import currency, email, id_string, json_body, positive_int, reject_unknown
+
+bp = Blueprint("storefront", __name__, url_prefix="/store")
 
 
 @bp.get("/products")
@@ -108,17 +110,13 @@ def complete(cart_id: str):
 @bp.get("/orders/<order_id>")
 def get_order(order_id: str):
     """An order with its payment, grace period and capture status."""
-    order = db.session.get(Order, order_id)
-    if order is None:
-        raise NotFound(f"No order with id {order_id!r}.")
-    return jsonify({"order": order_json(order)})
+    return jsonify({"order": order_json(require_order(order_id))})
 
 
 @bp.post("/orders/<order_id>/edits")
 def edit_order(order_id: str):
     """Replace the order's items during the grace period."""
-    if db.session.get(Order, order_id) is None:
-        raise NotFound(f"No order with id {order_id!r}.")
+    require_order(order_id)
     data = json_body()
     reject_unknown(data, {"items"})
     raw_items = data.get("items")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from app.payments.placement import PaymentNotPlaceable, place_order
-from app.payments.reconcile import apply_canceled, apply_captured, payment_for_intent, sync_refunds, sync_session
+from app.payments.errors import PaymentNotPlaceable
+from app.payments.placement import place_order
+from app.payments.queries import payment_for_intent
+from app.payments.reconcile import apply_canceled, apply_captured, sync_refunds, sync_session
 from app.payments.stripe_gateway import get_gateway
 
 log = logging.getLogger(__name__)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from app.errors import ApiError, ServiceUnavailable
 from app.payments.stripe_gateway import WebhookSignatureError, verify_webhook
-from app.webhooks import bp
 from app.webhooks.processing import ProcessingFailed, process_event, run_claimed
 from app.webhooks.handlers import HANDLERS
 from app.webhooks.store import insert_event
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 log = logging.getLogger(__name__)
 
