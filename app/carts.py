@@ -1,14 +1,22 @@
-"""Carts and their line items; totals are computed here, never taken from the client."""
+"""Carts and their line items; totals are computed here, never taken from the client.
+
+Every cart write starts by locking the cart row with a compare-and-set on `completed_at IS
+NULL` (`lock_open_cart`), the row the order's placement freezes in its own transaction: on
+PostgreSQL the two serialise on the row lock, on SQLite on the write lock. So a cart write
+either commits before the order is made (and is in it, or the authorization is refused as
+short) or is refused with `cart_completed`; never answered 200 and left out of the order.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import update
 
 from app.db_tx import write_transaction
 from app.extensions import db
-from app.models import Cart, LineItem, Order, Product
+from app.models import Cart, LineItem, Product
+from app.models.base import utcnow
 from app.money import MAX_AMOUNT
 from app.payments.errors import (
     AmountTooLarge,
@@ -39,12 +47,19 @@ def create_cart(email: str, currency: str) -> Cart:
     return cart
 
 
-def _editable_cart(cart_id: str) -> Cart:
-    cart = get_cart(cart_id)
-    has_order = db.session.scalar(select(Order.id).where(Order.cart_id == cart.id))
-    if cart.completed_at is not None or has_order:
+def lock_open_cart(cart_id: str) -> Cart:
+    """Inside a write transaction: lock the cart row while it is open, or refuse (`cart_completed`)."""
+    locked = db.session.execute(
+        update(Cart)
+        .where(Cart.id == cart_id, Cart.completed_at.is_(None))
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    if not locked:
+        get_cart(cart_id)  # 404 for an unknown cart
         raise CartCompleted("The cart was already turned into an order.")
-    return cart
+    db.session.expire_all()
+    return get_cart(cart_id)
 
 
 def _check_total(cart: Cart) -> None:
@@ -55,7 +70,7 @@ def _check_total(cart: Cart) -> None:
 def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
     """Add a product, or add to the quantity of its existing line."""
     with write_transaction(expire_on_commit=False) as session:
-        cart = _editable_cart(cart_id)
+        cart = lock_open_cart(cart_id)
         product = session.get(Product, product_id)
         if product is None:
             raise ProductNotFound(f"No product with id {product_id!r}.")
@@ -83,7 +98,7 @@ def _line(cart: Cart, line_id: str) -> LineItem:
 
 def update_line_item(cart_id: str, line_id: str, quantity: int) -> Cart:
     with write_transaction(expire_on_commit=False):
-        cart = _editable_cart(cart_id)
+        cart = lock_open_cart(cart_id)
         _line(cart, line_id).quantity = quantity
         _check_total(cart)
     return cart
@@ -91,6 +106,6 @@ def update_line_item(cart_id: str, line_id: str, quantity: int) -> Cart:
 
 def remove_line_item(cart_id: str, line_id: str) -> Cart:
     with write_transaction(expire_on_commit=False):
-        cart = _editable_cart(cart_id)
+        cart = lock_open_cart(cart_id)
         cart.items.remove(_line(cart, line_id))
     return cart

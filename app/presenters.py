@@ -19,6 +19,15 @@ CAPTURE_STATUS = {
 }
 
 
+def capture_status(payment: Payment | None) -> str:
+    """A capture that took less than the order's total is `failed` (its last_error names the gap)."""
+    if payment is None:
+        return "scheduled"
+    if payment.status == PaymentStatus.CAPTURED and payment.capture_shortfall:
+        return "failed"
+    return CAPTURE_STATUS.get(payment.status, "scheduled")
+
+
 def line_item_json(item) -> dict:
     return {
         "id": item.id,
@@ -52,7 +61,7 @@ def payment_status(order: Order, payment: Payment | None) -> str:
             return "refunded"
         if payment.refunded_amount:
             return "partially_refunded"
-        return "captured"
+        return "partially_captured" if payment.capture_shortfall else "captured"
     if payment.amount < order.total:
         return "partially_authorized"
     return "authorized"
@@ -89,7 +98,7 @@ def order_json(order: Order, payment: Payment | None = None, now: datetime | Non
             "editable": editable,
         },
         "capture": {
-            "status": CAPTURE_STATUS.get(payment.status, "scheduled") if payment else "scheduled",
+            "status": capture_status(payment),
             "captured_at": isoformat(payment.captured_at) if payment else None,
             "last_error": payment.last_capture_error if payment else None,
         },

@@ -14,6 +14,7 @@ PAYMENT_STATUSES = (
     "authorized",
     "partially_authorized",
     "captured",
+    "partially_captured",
     "partially_refunded",
     "refunded",
     "canceled",

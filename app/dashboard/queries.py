@@ -34,7 +34,7 @@ from app.models import (
     WebhookEvent,
 )
 from app.payments.sweep import STUCK_CAPTURE_AFTER
-from app.presenters import CAPTURE_STATUS, payment_status
+from app.presenters import CAPTURE_STATUS, capture_status, payment_status
 
 PAGE_SIZE = 50
 # "Overdue for capture": still authorized this long after its deadline. The listener normally
@@ -88,6 +88,7 @@ def _needs_attention(now: datetime):
     return Order.id.in_(
         union_all(
             select(Payment.order_id).where(Payment.status == S.CAPTURE_FAILED),
+            select(Payment.order_id).where(Payment.capture_shortfall > 0),
             select(Payment.order_id).where(
                 Payment.status == S.AUTHORIZED, Payment.capture_due_at < now - OVERDUE_AFTER
             ),
@@ -114,6 +115,8 @@ def attention_reason(payment: Payment | None, now: datetime) -> str | None:
         return None
     if payment.status == S.CAPTURE_FAILED:
         return "capture failed"
+    if payment.capture_shortfall:
+        return f"captured {payment.capture_shortfall} less than the total"
     if payment.status == S.AUTHORIZED and payment.capture_due_at < now - OVERDUE_AFTER:
         return "capture overdue"
     claimed_at = payment.capture_claimed_at
@@ -133,7 +136,11 @@ def _payment_status_condition(word: str):
     if word == "canceled":
         return _orders_with_payment(Payment.status == S.CANCELED)
     if word == "captured":
-        return _orders_with_payment(Payment.status == S.CAPTURED, Payment.refunded_amount == 0)
+        return _orders_with_payment(Payment.status == S.CAPTURED, Payment.refunded_amount == 0,
+                                    Payment.capture_shortfall == 0)
+    if word == "partially_captured":
+        return _orders_with_payment(Payment.status == S.CAPTURED, Payment.refunded_amount == 0,
+                                    Payment.capture_shortfall > 0)
     if word == "partially_refunded":
         return _orders_with_payment(
             Payment.status == S.CAPTURED,
@@ -159,8 +166,12 @@ def _payment_status_condition(word: str):
 
 def _capture_status_condition(word: str):
     statuses = tuple(status for status, shown in CAPTURE_STATUS.items() if shown == word)
+    if word == "failed":  # a capture that took less than the total is failed too (presenters.capture_status)
+        return _orders_with_payment(or_(Payment.status.in_(statuses), Payment.capture_shortfall > 0))
     if not statuses:
         return false()
+    if word == "succeeded":
+        return _orders_with_payment(Payment.status.in_(statuses), Payment.capture_shortfall == 0)
     return _orders_with_payment(Payment.status.in_(statuses))
 
 
@@ -280,7 +291,7 @@ def _page(orders: list[Order], now: datetime, *, has_older: bool, has_newer: boo
                 order=order,
                 payment=payment,
                 payment_status=payment_status(order, payment),
-                capture_status=CAPTURE_STATUS.get(payment.status, "scheduled") if payment else "none",
+                capture_status=capture_status(payment) if payment else "none",
                 attention=attention_reason(payment, now),
             )
         )

@@ -32,7 +32,7 @@ from app.payments.errors import DomainError
 from app.payments.provider_errors import PaymentProviderError
 from app.payments.queries import payment_for_order
 from app.payments.refunds import refund_order
-from app.presenters import CAPTURE_STATUS, payment_status
+from app.presenters import capture_status, payment_status
 
 bp = Blueprint("dashboard", __name__, url_prefix="/admin")
 
@@ -203,7 +203,7 @@ def order(order_id: str):
         payment=detail.payment,
         countdown=countdown(detail.order, detail.payment, now),
         payment_status_word=payment_status(detail.order, detail.payment),
-        capture_status_word=CAPTURE_STATUS.get(detail.payment.status, "scheduled") if detail.payment else "none",
+        capture_status_word=capture_status(detail.payment) if detail.payment else "none",
         timeline=build_timeline(detail),
         actions=[ACTIONS[name] for name in available_actions(detail)],
         refundable_text=decimal_text(detail.payment.refundable_amount, detail.order.currency)

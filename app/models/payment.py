@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -100,6 +100,9 @@ class Payment(db.Model):
         Index("ix_payments_status_capture_due_at", "status", "capture_due_at"),
         Index("ix_payments_status_authorized_at", "status", "authorized_at"),
         Index("ix_payments_status_capture_claimed_at", "status", "capture_claimed_at"),
+        # The few captures that took less than the order's total (the dashboard's attention list).
+        Index("ix_payments_capture_shortfall", "capture_shortfall",
+              postgresql_where=text("capture_shortfall > 0"), sqlite_where=text("capture_shortfall > 0")),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pay"))
@@ -119,7 +122,10 @@ class Payment(db.Model):
     # When the grace period ends and capture may happen (copied from the order for the index).
     capture_due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     capture_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Incremented by every claim: the claim's fencing token (a stale worker's release is refused).
     capture_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # What the capture left uncollected of the order's total (never a silent success; 0 when whole).
+    capture_shortfall: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_capture_error: Mapped[str | None] = mapped_column(Text, default=None)
     captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from app.db_clock import read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.models import Order, OrderStatus, PaymentStatus
-from app.models.base import utcnow
 from app.payments import transitions
 from app.payments.errors import GracePeriodOver, NotCancelable, OrderBusy, ProviderUnavailable
 from app.payments.provider_errors import PaymentProviderError, ProviderRefused
@@ -31,14 +31,16 @@ def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool
     if payment is None:
         raise NotCancelable("The order has no payment to void.")
 
+    began_from = payment.status
     with write_transaction():
-        began = transitions.begin_cancel(payment.id, before_deadline=None if after_deadline else utcnow())
+        began = transitions.begin_cancel(payment.id, began_from, before_deadline=not after_deadline)
     if not began:
         db.session.expire_all()
         payment = payment_for_order(order_id)
         if payment.status == PaymentStatus.CANCELED:
             return db.session.get(Order, order_id)
-        if payment.status in (PaymentStatus.CAPTURING, PaymentStatus.CAPTURED) or payment.capture_due_at <= utcnow():
+        deadline_passed = payment.capture_due_at <= read_db_now(db.session)
+        if payment.status in (PaymentStatus.CAPTURING, PaymentStatus.CAPTURED) or (deadline_passed and not after_deadline):
             raise GracePeriodOver("The grace period is over; the order can no longer be canceled.")
         raise OrderBusy("The order is being changed; try again.")
 
@@ -50,16 +52,16 @@ def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool
         intent = get_gateway().retrieve_payment_intent(payment.stripe_payment_intent_id)
         if intent.status == "succeeded":
             with write_transaction():
-                transitions.abort_cancel(payment.id)
+                transitions.abort_cancel(payment.id, began_from)
             apply_captured(payment.id, intent, created_by="stripe")
             raise GracePeriodOver("The payment was already captured.") from exc
         if intent.status != "canceled":
             with write_transaction():
-                transitions.abort_cancel(payment.id)
+                transitions.abort_cancel(payment.id, began_from)
             raise NotCancelable(f"Stripe refused to void the payment: {exc.message}") from exc
     except PaymentProviderError as exc:
         with write_transaction():
-            transitions.abort_cancel(payment.id)
+            transitions.abort_cancel(payment.id, began_from)
         raise ProviderUnavailable("Stripe is unavailable; the order was not canceled. Try again.") from exc
 
     with write_transaction():

@@ -1,10 +1,12 @@
 """Capturing an order's payment: exactly once, for the order's final total, never before its deadline.
 
 Three phases, each its own transaction, with Stripe in between (Brandur Leach's
-"atomic phases"): claim the payment (authorized → capturing), call Stripe with the
-idempotency key `capture:{payment_id}`, record the outcome. A crash between the phases
-leaves the payment `capturing`; the sweep releases such stale claims and the retry uses
-the same key, so Stripe answers with the first capture instead of making a second one.
+"atomic phases"): claim the payment (authorized → capturing, once the deadline has passed by
+the database's clock), call Stripe with the idempotency key `capture:{payment_id}`, record the
+outcome. A crash between the phases leaves the payment `capturing`; the sweep releases such
+stale claims and the retry uses the same key, so Stripe answers with the first capture instead
+of making a second one. The claim returns a fencing token: the release or failure of a worker
+that stalled past its lease is refused once another job has claimed the payment.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 
 from flask import current_app
 
+from app.db_clock import read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.log import current_trace_id
@@ -79,17 +82,25 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
         return CaptureOutcome.NOT_CAPTURABLE
     if payment.status == PaymentStatus.CAPTURED:
         return CaptureOutcome.ALREADY_CAPTURED
-    now = utcnow()
-    if payment.capture_due_at > now:
-        _rearm(order_id, payment)
-        log.info("capture refused: grace period still running", extra={"order_id": order_id, "due_at": payment.capture_due_at.isoformat()})
+    payment_id = payment.id
+    for _ in range(2):
+        with write_transaction():
+            token = transitions.claim_for_capture(payment_id, allow_failed=allow_failed)
+        if token is not None:
+            break
+        db.session.expire_all()
+        payment = db.session.get(Payment, payment_id)
+        if payment.status != PaymentStatus.AUTHORIZED:
+            log.info("capture not claimed", extra={"order_id": order_id, "payment_status": payment.status})
+            return (CaptureOutcome.ALREADY_CAPTURED if payment.status == PaymentStatus.CAPTURED
+                    else CaptureOutcome.NOT_CAPTURABLE)
+        if _rearm(order_id, payment):
+            log.info("capture refused: grace period still running",
+                     extra={"order_id": order_id, "due_at": payment.capture_due_at.isoformat()})
+            return CaptureOutcome.NOT_DUE
+        # The deadline passed between the claim and the re-arm: claim again now, not at the fallback.
+    else:
         return CaptureOutcome.NOT_DUE
-
-    with write_transaction():
-        claimed = transitions.claim_for_capture(payment.id, now, allow_failed=allow_failed)
-    if not claimed:
-        log.info("capture not claimed", extra={"order_id": order_id, "payment_status": payment.status})
-        return CaptureOutcome.NOT_CAPTURABLE
 
     # Read after the claim: no edit can change the total once the payment is `capturing`.
     payment = db.session.get(Payment, payment.id)
@@ -103,18 +114,18 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
             idempotency_key=capture_idempotency_key(payment.id),
         )
     except RateLimited as exc:
-        return _after_rate_limit(payment, amount, trigger, exc)
+        return _after_rate_limit(payment, token, amount, trigger, exc)
     except ProviderOutcomeUnknown as exc:
-        return _after_ambiguous_failure(payment, amount, trigger, exc)
+        return _after_ambiguous_failure(payment, token, amount, trigger, exc)
     except (CardDeclined, ProviderRefused, IdempotencyConflict) as exc:
-        return _after_refusal(payment, amount, trigger, exc)
+        return _after_refusal(payment, token, amount, trigger, exc)
     except (ProviderMisconfigured, PaymentProviderError) as exc:
-        return _after_ambiguous_failure(payment, amount, trigger, exc)
+        return _after_ambiguous_failure(payment, token, amount, trigger, exc)
 
-    return _settle(payment, intent, amount, trigger, actor)
+    return _settle(payment, token, intent, amount, trigger, actor)
 
 
-def _settle(payment: Payment, intent: PaymentIntent, amount: int, trigger: str, actor: str) -> str:
+def _settle(payment: Payment, token: int, intent: PaymentIntent, amount: int, trigger: str, actor: str) -> str:
     """Record what Stripe says the PaymentIntent is now."""
     order_id = payment.order_id
     if intent.status == "succeeded":
@@ -130,7 +141,7 @@ def _settle(payment: Payment, intent: PaymentIntent, amount: int, trigger: str, 
         return CaptureOutcome.CANCELED
     error = f"PaymentIntent is {intent.status} after capture"
     with write_transaction():
-        transitions.mark_capture_failed(payment.id, error)
+        transitions.mark_capture_failed(payment.id, token, error)
     _record_attempt(payment, "failed", amount, trigger, error=error)
     return CaptureOutcome.FAILED
 
@@ -152,54 +163,65 @@ def _current_intent(payment: Payment) -> PaymentIntent | _Missing | None:
         return None
 
 
-def _after_rate_limit(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
+def _after_rate_limit(payment: Payment, token: int, amount: int, trigger: str, exc: PaymentProviderError) -> str:
     """A 429 means Stripe did nothing: no reconcile needed (it would spend another request); retry later."""
     with write_transaction():
-        transitions.release_capture_claim(payment.id, error=f"retrying: {exc.message}"[:500])
+        transitions.release_capture_claim(payment.id, token, error=f"retrying: {exc.message}"[:500])
     _record_attempt(payment, "retrying", amount, trigger, error=exc.message[:500])
     log.warning("capture rate limited; will be retried", extra={"payment_id": payment.id})
     raise CaptureRetryLater(exc.message) from exc
 
 
-def _after_ambiguous_failure(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
-    """Timeout, outage or rate limit: the capture may or may not have happened. Ask Stripe."""
+def _after_ambiguous_failure(payment: Payment, token: int, amount: int, trigger: str, exc: PaymentProviderError) -> str:
+    """Timeout, outage or rate limit: the capture may or may not have happened. Ask Stripe.
+
+    Handing the payment back to `authorized` is safe: its deadline has passed, so no edit or
+    customer cancel can commit any more (both compare the deadline in their own write), and the
+    retry's capture, under the same key, gets Stripe's first answer.
+    """
     intent = _current_intent(payment)
     if isinstance(intent, PaymentIntent) and intent.status in ("succeeded", "canceled"):
-        return _settle(payment, intent, amount, trigger, actor="engine")
+        return _settle(payment, token, intent, amount, trigger, actor="engine")
     with write_transaction():
-        transitions.release_capture_claim(payment.id, error=f"retrying: {exc.message}"[:500])
+        transitions.release_capture_claim(payment.id, token, error=f"retrying: {exc.message}"[:500])
     _record_attempt(payment, "retrying", amount, trigger, error=exc.message[:500])
     log.warning("capture will be retried", extra={"payment_id": payment.id, "error_type": type(exc).__name__})
     raise CaptureRetryLater(exc.message) from exc
 
 
-def _after_refusal(payment: Payment, amount: int, trigger: str, exc: PaymentProviderError) -> str:
+def _after_refusal(payment: Payment, token: int, amount: int, trigger: str, exc: PaymentProviderError) -> str:
     """Stripe said no. Perhaps because it is already captured or canceled: reconcile; else a visible failure."""
     intent = _current_intent(payment)
     if isinstance(intent, PaymentIntent) and intent.status in ("succeeded", "canceled"):
-        return _settle(payment, intent, amount, trigger, actor="engine")
+        return _settle(payment, token, intent, amount, trigger, actor="engine")
     if intent is MISSING:
         # Retrying cannot help: a person must look (wrong Stripe key or account, a deleted object).
         exc = ProviderRefused(f"PaymentIntent {payment.stripe_payment_intent_id} not found at Stripe",
                              code="resource_missing")
     elif intent is None:
         with write_transaction():
-            transitions.release_capture_claim(payment.id, error=exc.message[:500])
+            transitions.release_capture_claim(payment.id, token, error=exc.message[:500])
         raise CaptureRetryLater(exc.message) from exc
     error = f"{exc.code or type(exc).__name__}: {exc.message}"[:1000]
     with write_transaction():
-        transitions.mark_capture_failed(payment.id, error)
+        transitions.mark_capture_failed(payment.id, token, error)
     _record_attempt(payment, "failed", amount, trigger, error=error)
     log.error("capture failed", extra={"payment_id": payment.id, "order_id": payment.order_id, "code": exc.code})
     return CaptureOutcome.FAILED
 
 
-def _rearm(order_id: str, payment: Payment) -> None:
-    """Early trigger (a key lost and re-created wrongly, a clock skew): make sure the key fires at the deadline."""
+def _rearm(order_id: str, payment: Payment) -> bool:
+    """Early trigger (a key lost and re-created wrongly, Redis's clock ahead of the database's): make
+    sure the key fires at the deadline. False when the deadline has passed meanwhile (claim now)."""
+    remaining = payment.capture_due_at - read_db_now(db.session)
+    db.session.rollback()
+    if remaining.total_seconds() <= 0:
+        return False
     try:
-        service_for(current_app).create_intent(order_id, payment.capture_due_at)
+        service_for(current_app).create_intent(order_id, utcnow() + remaining)
     except Exception as exc:  # the sweep re-arms keys too
         log.warning("could not re-arm capture intent", extra={"order_id": order_id, "error": str(exc)})
+    return True
 
 
 def capture_now(order_id: str, *, actor: str) -> str:
@@ -208,7 +230,7 @@ def capture_now(order_id: str, *, actor: str) -> str:
     if payment is None:
         return CaptureOutcome.NOT_CAPTURABLE
     with write_transaction():
-        transitions.end_grace_period_now(payment.id, utcnow())
+        transitions.end_grace_period_now(payment.id)
     remove_capture_intent(order_id)
     return _capture_or_enqueue(order_id, trigger="staff", allow_failed=False, actor=actor)
 

@@ -2,9 +2,12 @@
 
 Two phases around Stripe: check and price the edit (nothing written), increment the
 authorization if needed (idempotency key from the order id and the edit's version), then
-commit with two compare-and-sets — the payment must still be `authorized` (so an edit never
-interleaves with a capture that already claimed it) and the order must still be at the
-version the edit started from (so two edits never interleave).
+commit with two compare-and-sets — the payment must still be `authorized` and its deadline
+still ahead by the database's clock (so an edit never interleaves with a capture, and one whose
+Stripe call ended after the deadline is refused, however it started), and the order must still
+be at the version the edit started from (so two edits never interleave). An increment that
+Stripe granted for an edit that then lost is harmless: the capture takes the committed total
+and the rest of the authorization is released.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from app.carts import MAX_LINE_ITEMS, MAX_QUANTITY
+from app.db_clock import db_now, read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.log import current_trace_id
@@ -83,13 +87,14 @@ def _price(order: Order, lines: list[EditLine]) -> list[OrderItem]:
 
 
 def _require_editable(order: Order, payment: Payment | None) -> None:
+    """The early refusal (before Stripe is asked); the commit's compare-and-set is what holds."""
     if order.status == OrderStatus.CANCELED:
         raise OrderCanceled("The order was canceled.")
     if (
         payment is None
         or payment.status != PaymentStatus.AUTHORIZED
         or order.status != OrderStatus.PENDING
-        or order.grace_period_ends_at <= utcnow()
+        or payment.capture_due_at <= read_db_now(db.session)
     ):
         raise GracePeriodOver("The grace period is over; the order can no longer be edited.")
 
@@ -110,14 +115,15 @@ def edit_order(order_id: str, lines: list[EditLine]) -> Order:
         new_authorized = _increment(payment, new_total, order_id, version)
 
     with write_transaction() as session:
-        still_authorized = session.execute(
+        still_editable = session.execute(
             update(Payment)
-            .where(Payment.id == payment.id, Payment.status == PaymentStatus.AUTHORIZED)
+            .where(Payment.id == payment.id, Payment.status == PaymentStatus.AUTHORIZED,
+                   Payment.capture_due_at > db_now())
             .values(amount=new_authorized, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         ).rowcount == 1
-        if not still_authorized:
-            raise GracePeriodOver("The order is being captured; the edit was not applied.")
+        if not still_editable:
+            raise GracePeriodOver("The grace period ended while the edit was in progress; the edit was not applied.")
         same_version = session.execute(
             update(Order)
             .where(Order.id == order_id, Order.version == version, Order.status == OrderStatus.PENDING)

@@ -19,7 +19,8 @@ import redis
 from flask import Flask
 
 from app.models import Payment, PaymentStatus
-from app.models.base import utcnow
+from app.db_clock import read_db_now
+from app.extensions import db
 from app.payments.capture_intents import DueKeyToucher, order_id_from_key
 from app.payments.sweep import keyset_batches, rearm_lost_intents
 from app.queues import enqueue_captures
@@ -136,7 +137,7 @@ class CaptureListener:
         """Enqueue every authorized payment whose deadline has passed (missed events)."""
         enqueued = 0
         with self.app.app_context():
-            now = utcnow()
+            now = read_db_now(db.session)
             for rows in keyset_batches(
                 Payment.capture_due_at,
                 Payment.status == PaymentStatus.AUTHORIZED,

@@ -8,18 +8,21 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from app.carts import lock_open_cart
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.models import Cart, PaymentCollection, PaymentSession, PaymentSessionStatus
 from app.payments.errors import CartCompleted, CartEmpty, PaymentIntentUnavailable
 from app.payments.provider_errors import ProviderRefused
-from app.payments.queries import order_for_cart, require_cart, session_for_intent
+from app.payments.queries import require_cart, session_for_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 
 log = logging.getLogger(__name__)
 
-# States from which Stripe lets us cancel a PaymentIntent nobody will capture.
-_CANCELABLE = {"requires_payment_method", "requires_confirmation", "requires_action", "requires_capture"}
+# States in which the cart path voids a PaymentIntent it replaces. Never `requires_capture`: an
+# authorized PaymentIntent may be becoming an order right now (the webhook); only placement
+# decides what becomes of an authorization (an order, or voided as not matching its cart).
+_CANCELABLE = {"requires_payment_method", "requires_confirmation", "requires_action"}
 
 
 def payment_intent_idempotency_key(cart_id: str, amount: int, currency: str, generation: int = 0) -> str:
@@ -58,7 +61,7 @@ def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -
     """Remember the PaymentIntent (once, by its unique id) and make it the cart's current one."""
     try:
         with write_transaction() as session:
-            cart = require_cart(cart_id)
+            cart = lock_open_cart(cart_id)  # a cart frozen meanwhile answers cart_completed
             collection = collection_for_cart(cart)
             existing = session_for_intent(intent.id)
             if existing is None:
@@ -79,7 +82,7 @@ def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -
         # A concurrent request for the same cart recorded it first: same key, same PaymentIntent.
         db.session.rollback()
         with write_transaction():
-            require_cart(cart_id).payment_intent_id = intent.id
+            lock_open_cart(cart_id).payment_intent_id = intent.id
 
 
 def _mark_canceled(payment_intent_id: str) -> None:
@@ -93,6 +96,10 @@ def _cancel_stale(intent_id: str) -> None:
     """Void a PaymentIntent for an old cart total so it can never be captured."""
     gateway = get_gateway()
     intent = gateway.retrieve_payment_intent(intent_id)
+    if intent.status not in _CANCELABLE and intent.status != "canceled":
+        # Authorized (or captured): placement's to decide, when its webhook or /complete comes.
+        log.info("replaced payment intent left to placement", extra={"payment_intent_id": intent_id, "status": intent.status})
+        return
     if intent.status in _CANCELABLE:
         try:
             gateway.cancel_payment_intent(intent_id, idempotency_key=f"cancel-stale:{intent_id}", reason="abandoned")
@@ -107,7 +114,7 @@ def _cancel_stale(intent_id: str) -> None:
 def ensure_payment_intent(cart_id: str) -> PaymentIntent:
     """The cart's PaymentIntent for its current total: the same one on every call until the total changes."""
     cart = require_cart(cart_id)
-    if order_for_cart(cart.id) is not None:
+    if cart.completed_at is not None:
         raise CartCompleted("The cart was already turned into an order.")
     amount, currency = cart.total, cart.currency
     if not cart.items or amount <= 0:

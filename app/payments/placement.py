@@ -3,6 +3,12 @@
 `/store/carts/{id}/complete` and the `payment_intent.amount_capturable_updated` webhook both
 call `place_order`; the unique constraints on `orders.cart_id` and
 `payments.stripe_payment_intent_id` make the second caller find the first one's order.
+
+The cart freezes in the transaction that creates its order: a compare-and-set on the cart row
+(`completed_at IS NULL`), the same row every cart write locks first (`app.carts`). So a line
+item added meanwhile either commits before (and this transaction sees it, and refuses an
+authorization that no longer covers the cart) or is refused with `cart_completed`. The amount
+check is made on the very items the order copies.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import logging
 from datetime import timedelta
 
 from flask import current_app
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from app.db_clock import read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.log import current_trace_id
@@ -26,7 +34,6 @@ from app.models import (
     PaymentSessionStatus,
     PaymentStatus,
 )
-from app.models.base import utcnow
 from app.payments.errors import (
     PaymentDeclined,
     PaymentNotAuthorized,
@@ -63,6 +70,14 @@ def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
             row.last_error = why
 
 
+class _CartTaken(Exception):
+    """The cart was frozen by another placement (the other path, or another PaymentIntent)."""
+
+
+class _AuthorizationShort(Exception):
+    """The authorization does not cover the cart as it is when the order would be made."""
+
+
 def place_order(intent: PaymentIntent) -> Order:
     """The order for this authorized PaymentIntent, created if it does not exist yet."""
     existing = order_for_payment_intent(intent.id)
@@ -75,23 +90,11 @@ def place_order(intent: PaymentIntent) -> Order:
     if intent.status not in ("requires_capture", "succeeded"):
         raise PaymentNotAuthorized("The payment is not authorized yet.")
 
-    other = order_for_cart(cart.id)
-    if other is not None:
-        # On PostgreSQL each statement sees the latest commits: the other path (webhook or
-        # /complete) may have placed this very PaymentIntent since the first lookup.
-        mine = order_for_payment_intent(intent.id)
-        if mine is not None:
-            return mine
-        _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
-        raise PaymentNotPlaceable("the cart was already paid")
-    if intent.currency != cart.currency or authorized_amount(intent) < cart.total:
-        _void_unplaceable(intent, f"authorized {authorized_amount(intent)} {intent.currency} for a cart now at {cart.total} {cart.currency}")
-        raise PaymentNotPlaceable("the cart changed after this payment was authorized")
-
     try:
         order = _create_order(cart.id, intent)
-    except IntegrityError:
-        # The other path (webhook or /complete) committed first: use its order.
+    except (IntegrityError, _CartTaken):
+        # The other path (webhook or /complete) committed first: use its order. On PostgreSQL
+        # each statement sees the latest commits, so this finds an order placed a moment ago.
         db.session.rollback()
         order = order_for_payment_intent(intent.id)
         if order is None:
@@ -101,6 +104,9 @@ def place_order(intent: PaymentIntent) -> Order:
             _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
             raise PaymentNotPlaceable("the cart was already paid") from None
         return order
+    except _AuthorizationShort as exc:
+        _void_unplaceable(intent, str(exc))
+        raise PaymentNotPlaceable("the cart changed after this payment was authorized") from None
 
     log.info("order placed", extra={"order_id": order.id, "cart_id": cart.id, "payment_intent_id": intent.id})
     # Only now, after the commit, may subscribers (capture intents, emails) act on it.
@@ -109,11 +115,25 @@ def place_order(intent: PaymentIntent) -> Order:
 
 
 def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
-    """Order, items, collection, session and payment in one transaction."""
+    """Cart frozen, then order, items, collection, session and payment, in one transaction."""
     settings = current_app.config["ENGINE"]
     with write_transaction(expire_on_commit=False) as session:
+        now = read_db_now(session)  # one clock for deadlines: the database's
+        frozen = session.execute(
+            update(Cart)
+            .where(Cart.id == cart_id, Cart.completed_at.is_(None))
+            .values(completed_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount == 1
+        if not frozen:
+            raise _CartTaken(cart_id)
+        session.expire_all()
         cart = session.get(Cart, cart_id)
-        now = utcnow()
+        authorized = authorized_amount(intent)
+        if not cart.items or intent.currency != cart.currency or authorized < cart.total:
+            raise _AuthorizationShort(
+                f"authorized {authorized} {intent.currency} for a cart now at {cart.total} {cart.currency}"
+                + ("" if cart.items else " (empty)"))
         sequence = DisplayIdSequence()
         session.add(sequence)
         session.flush()
@@ -166,7 +186,6 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
                 capture_due_at=order.grace_period_ends_at,
             )
         )
-        cart.completed_at = now
     return order
 
 

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import and_, func, or_, select
 
+from app.db_clock import read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.models import Payment, PaymentStatus
-from app.models.base import utcnow
 from app.payments import transitions
 from app.payments.capture_intents import service_for
 from app.queues import CAPTURE_JOB_TIMEOUT, enqueue_capture, enqueue_captures
@@ -75,7 +75,8 @@ def recover_stuck_captures(now: datetime) -> int:
     ):
         for _, payment_id, order_id in rows:
             with write_transaction():
-                released = transitions.release_capture_claim(payment_id, error="recovered from a stale capture claim")
+                released = transitions.release_stale_claim(
+                    payment_id, now - STUCK_CAPTURE_AFTER, error="recovered from a stale capture claim")
             if released:
                 recovered += 1
                 log.warning("released stale capture claim", extra={"payment_id": payment_id, "order_id": order_id})
@@ -97,17 +98,28 @@ def enqueue_overdue_captures(now: datetime, capture_after_seconds: int) -> tuple
     return seen, enqueued
 
 
-def rearm_lost_intents(now: datetime, *, check_every_key: bool = False) -> int:
+def rearm_lost_intents(now: datetime, *, check_every_key: bool = False, horizon: timedelta | None = None) -> int:
     """Re-create the keys Redis lost (restart, flush, a write that failed) with their remaining TTL.
 
-    The sweep first compares two counts, both cheap whatever the number of orders: live grace
-    periods in the database (an index-only count) and deadline-index entries in Redis (one
-    pipelined round trip). Only when Redis holds fewer does it walk the live grace periods,
-    with a SET NX for each, 500 per pipelined round trip (an existing key is left as it is).
-    The listener walks them after every (re)connect regardless (`check_every_key`): an outage
-    it lived through may have failed a write that a canceled order's entry hides from the counts.
+    Two passes, each a SET NX per live grace period, 500 per pipelined round trip (an existing
+    key is left as it is, so a SET NX is itself the check):
+    - the grace periods ending within `horizon` (two sweep intervals): every one, every sweep, so
+      a single lost key (deleted, its write failed) is re-armed before its deadline, whatever
+      the counts say; the pass costs what falls due in that time, not what is live;
+    - all live grace periods, only when Redis holds fewer deadline-index entries than the
+      database has live grace periods (two counts, both cheap whatever the number of orders), or
+      when the listener asks after every (re)connect (`check_every_key`).
     """
     intents = service_for(current_app)
+    rearmed = 0
+    if horizon is not None and not check_every_key:
+        for rows in keyset_batches(
+            Payment.capture_due_at,
+            Payment.status == PaymentStatus.AUTHORIZED,
+            Payment.capture_due_at > now,
+            Payment.capture_due_at <= now + horizon,
+        ):
+            rearmed += intents.create_intents((order_id, due_at) for due_at, _, order_id in rows)
     if not check_every_key:
         live = db.session.scalar(
             select(func.count())
@@ -116,8 +128,9 @@ def rearm_lost_intents(now: datetime, *, check_every_key: bool = False) -> int:
         )
         db.session.rollback()
         if not live or intents.count_indexed() >= live:
-            return 0
-    rearmed = 0
+            if rearmed:
+                log.warning("re-armed lost capture intents", extra={"count": rearmed})
+            return rearmed
     for rows in keyset_batches(
         Payment.capture_due_at,
         Payment.status == PaymentStatus.AUTHORIZED,
@@ -131,12 +144,13 @@ def rearm_lost_intents(now: datetime, *, check_every_key: bool = False) -> int:
 
 def sweep(now: datetime | None = None) -> SweepResult:
     started = time.perf_counter()
-    now = now or utcnow()
+    now = now or read_db_now(db.session)  # the database's clock decides what is due (one clock for all)
     settings = current_app.config["ENGINE"]
     result = SweepResult()
     result.recovered = recover_stuck_captures(now)
     result.overdue_seen, result.enqueued = enqueue_overdue_captures(now, settings.fallback_capture_after_seconds)
-    result.rearmed = rearm_lost_intents(now)
+    horizon = timedelta(seconds=2 * settings.fallback_sweep_interval_seconds)
+    result.rearmed = rearm_lost_intents(now, horizon=horizon)
     result.duration_ms = round((time.perf_counter() - started) * 1000, 2)
     current_app.extensions["redis"].set(LAST_SWEEP_KEY, json.dumps({"at": now.isoformat(), **result.as_dict()}))
     log.info("sweep finished", extra=result.as_dict())

@@ -5,6 +5,11 @@ it reports whether it won. Two processes racing for the same transition: exactly
 sees `True`. Callers run these inside `write_transaction()` so that the rows that go with a
 transition (Capture, OrderTransaction, the order's status) commit with it or not at all.
 
+Every check that guards a transition is in its WHERE clause: the deadline (by the database's
+clock, `db_now()`), the status, and for a capture claim its owner (`capture_attempts`, the
+fencing token the claim returned), so a worker that stalled past its claim's lease cannot undo
+the claim of the job that replaced it.
+
     authorized ──claim──▶ capturing ──▶ captured ──refunds──▶ (refunded_amount grows)
         ▲  │                 │  │
         │  └──release◀───────┘  └──▶ capture_failed ──retry──▶ capturing
@@ -19,6 +24,7 @@ from typing import Iterable
 
 from sqlalchemy import update
 
+from app.db_clock import db_now
 from app.extensions import db
 from app.models import Capture, Order, OrderStatus, OrderTransaction, Payment, PaymentStatus, Refund, RefundStatus
 from app.models.base import utcnow
@@ -39,18 +45,34 @@ def _compare_and_set(payment_id: str, expected: Iterable[str], new_status: str, 
     return won
 
 
-def claim_for_capture(payment_id: str, now: datetime, *, allow_failed: bool = False) -> bool:
-    """authorized (or capture_failed, for a deliberate retry) → capturing, only once the grace period is over."""
+def claim_for_capture(payment_id: str, *, allow_failed: bool = False) -> int | None:
+    """authorized (or capture_failed, for a deliberate retry) → capturing, only once the grace period
+    is over by the database's clock. Returns the claim's fencing token, or None if not claimed."""
     expected = (S.AUTHORIZED, S.CAPTURE_FAILED) if allow_failed else (S.AUTHORIZED,)
     statement = (
         update(Payment)
-        .where(Payment.id == payment_id, Payment.status.in_(expected), Payment.capture_due_at <= now)
+        .where(Payment.id == payment_id, Payment.status.in_(expected), Payment.capture_due_at <= db_now())
         .values(
             status=S.CAPTURING,
-            capture_claimed_at=now,
+            capture_claimed_at=db_now(),
             capture_attempts=Payment.capture_attempts + 1,
-            updated_at=now,
+            updated_at=utcnow(),
         )
+        .returning(Payment.capture_attempts)
+        .execution_options(synchronize_session=False)
+    )
+    token = db.session.execute(statement).scalar_one_or_none()
+    if token is not None:
+        db.session.expire_all()
+    return token
+
+
+def _owned_claim(payment_id: str, token: int, new_status: str, **values) -> bool:
+    """capturing → `new_status`, only while the claim is still the one `token` names."""
+    statement = (
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status == S.CAPTURING, Payment.capture_attempts == token)
+        .values(status=new_status, updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
     won = db.session.execute(statement).rowcount == 1
@@ -59,14 +81,28 @@ def claim_for_capture(payment_id: str, now: datetime, *, allow_failed: bool = Fa
     return won
 
 
-def release_capture_claim(payment_id: str, error: str | None = None) -> bool:
+def release_capture_claim(payment_id: str, token: int, error: str | None = None) -> bool:
     """capturing → authorized: the attempt ended without an outcome; a retry will claim it again."""
-    return _compare_and_set(payment_id, (S.CAPTURING,), S.AUTHORIZED, capture_claimed_at=None, last_capture_error=error)
+    return _owned_claim(payment_id, token, S.AUTHORIZED, capture_claimed_at=None, last_capture_error=error)
 
 
-def mark_capture_failed(payment_id: str, error: str) -> bool:
+def mark_capture_failed(payment_id: str, token: int, error: str) -> bool:
     """capturing → capture_failed: Stripe refused; visible on the dashboard, retryable by staff."""
-    return _compare_and_set(payment_id, (S.CAPTURING,), S.CAPTURE_FAILED, last_capture_error=error)
+    return _owned_claim(payment_id, token, S.CAPTURE_FAILED, last_capture_error=error)
+
+
+def release_stale_claim(payment_id: str, claimed_before: datetime, error: str) -> bool:
+    """capturing → authorized for a claim older than `claimed_before` (its worker died); a newer claim stays."""
+    statement = (
+        update(Payment)
+        .where(Payment.id == payment_id, Payment.status == S.CAPTURING, Payment.capture_claimed_at < claimed_before)
+        .values(status=S.AUTHORIZED, capture_claimed_at=None, last_capture_error=error, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    won = db.session.execute(statement).rowcount == 1
+    if won:
+        db.session.expire_all()
+    return won
 
 
 def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: str | None, charge_id: str | None = None) -> bool:
@@ -82,6 +118,14 @@ def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: s
     if not _compare_and_set(payment_id, S.OPEN, S.CAPTURED, **values):
         return False
     payment = db.session.get(Payment, payment_id)
+    order = db.session.get(Order, payment.order_id)
+    if amount < order.total:
+        # Never a silent success: the money Stripe took is recorded, the gap is flagged for staff.
+        payment.capture_shortfall = order.total - amount
+        payment.last_capture_error = (
+            f"captured {amount} of the order's total {order.total} {order.currency}: "
+            f"{order.total - amount} not collected"
+        )
     capture = Capture(payment_id=payment_id, amount=amount, created_by=created_by, trace_id=trace_id, created_at=now)
     db.session.add(capture)
     db.session.flush()
@@ -104,42 +148,49 @@ def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: s
     return True
 
 
-def begin_cancel(payment_id: str, *, before_deadline: datetime | None = None) -> bool:
-    """authorized → canceling: from here on no capture can claim the payment.
+CANCELABLE = (S.AUTHORIZED, S.CAPTURE_FAILED)
 
-    With `before_deadline`, only while the grace period still runs at that moment.
+
+def begin_cancel(payment_id: str, from_status: str, *, before_deadline: bool = True) -> bool:
+    """authorized or capture_failed (`from_status`, as read) → canceling: no capture can claim it now.
+
+    With `before_deadline`, only while the grace period still runs by the database's clock.
+    `abort_cancel` puts back `from_status`.
     """
+    if from_status not in CANCELABLE:
+        return False
     statement = (
         update(Payment)
-        .where(Payment.id == payment_id, Payment.status.in_((S.AUTHORIZED, S.CAPTURE_FAILED)))
+        .where(Payment.id == payment_id, Payment.status == from_status)
         .values(status=S.CANCELING, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if before_deadline is not None:
-        statement = statement.where(Payment.capture_due_at > before_deadline)
+    if before_deadline:
+        statement = statement.where(Payment.capture_due_at > db_now())
     won = db.session.execute(statement).rowcount == 1
     if won:
         db.session.expire_all()
     return won
 
 
-def end_grace_period_now(payment_id: str, now: datetime) -> bool:
-    """Staff's "capture now": the deadline becomes now, while the payment is still authorized."""
-    won = _compare_and_set(payment_id, (S.AUTHORIZED,), S.AUTHORIZED, capture_due_at=now)
+def end_grace_period_now(payment_id: str) -> bool:
+    """Staff's "capture now": the deadline becomes now (the database's), while the payment is still authorized."""
+    won = _compare_and_set(payment_id, (S.AUTHORIZED,), S.AUTHORIZED, capture_due_at=db_now())
     if won:
         payment = db.session.get(Payment, payment_id)
         db.session.execute(
             update(Order)
             .where(Order.id == payment.order_id)
-            .values(grace_period_ends_at=now, updated_at=now)
+            .values(grace_period_ends_at=payment.capture_due_at, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
     return won
 
 
-def abort_cancel(payment_id: str) -> bool:
-    """canceling → authorized: Stripe could not void it; the payment is capturable again."""
-    return _compare_and_set(payment_id, (S.CANCELING,), S.AUTHORIZED)
+def abort_cancel(payment_id: str, restore_to: str) -> bool:
+    """canceling → the status the cancel began from: Stripe could not void it. A capture that had
+    failed stays failed (staff stopped it); an authorized payment is capturable again."""
+    return _compare_and_set(payment_id, (S.CANCELING,), restore_to)
 
 
 def record_canceled(payment_id: str, reason: str | None) -> bool:
