@@ -1,7 +1,7 @@
 """Shared plumbing for the benchmark scripts: services, the app, bulk rows, statistics, tables, results.
 
 Nothing here is measured; it only sets things up. Every process the scripts start is kept as a
-`Popen` and stopped by its own pid (`Proc.stop`), never by name.
+`Popen` and stopped by its own pid (`Proc.stop`, `Proc.kill`), never by name.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import datetime as dt
 import io
 import json
@@ -23,9 +24,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -77,38 +79,87 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
-class Proc:
-    """A child process we started; stopped by its own pid (SIGTERM, then SIGKILL)."""
+try:  # loaded here, not in the forked child (no dynamic loading between fork and exec)
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not Linux: no parent-death signal
+    _LIBC = None
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None):
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL me if the thread that started me dies (the script itself killed)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Proc:
+    """A child process we started; stopped by its own pid (SIGTERM, then SIGKILL), and restartable.
+
+    Started at once unless `start=False` (then `start()`); a restart appends to the log of the first start.
+    `die_with_parent`: the child gets SIGKILL when the thread that started it dies.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None,
+                 *, start: bool = True, die_with_parent: bool = False):
         self.name = name
+        self.argv = list(argv)
+        self.env = env
         self.log_path = log
-        out = open(log, "wb") if log else subprocess.DEVNULL
-        self.popen = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        if log:
-            out.close()
+        self.die_with_parent = die_with_parent
+        self.popen: subprocess.Popen | None = None
+        self.starts = 0
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the process (again, after it exited or was killed); the log gets a line numbering the start."""
+        out = open(self.log_path, "ab" if self.starts else "wb") if self.log_path else None
+        try:
+            if out:
+                out.write(f"\n===== start #{self.starts + 1} of {self.name} at {time.time():.3f}\n".encode())
+                out.flush()
+            self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out or subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          preexec_fn=_die_with_parent if self.die_with_parent else None)
+        finally:
+            if out:
+                out.close()
+        self.starts += 1
 
     @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, and wait for it."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.popen.poll() is not None:
+        if not self.alive():
             return
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
+            self.kill()
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_all(procs: Sequence[Proc]) -> None:
+    """Stop every one of `procs`, newest first; a failure to stop one does not keep the others running."""
+    for proc in reversed(procs):
+        try:
+            proc.stop()
+        except Exception as exc:  # keep stopping the others
+            print(f"warning: could not stop {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -118,11 +169,76 @@ def processes() -> Iterator[list[Proc]]:
     try:
         yield procs
     finally:
-        for proc in reversed(procs):
-            try:
-                proc.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"warning: could not stop {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
+        stop_all(procs)
+
+
+class Supervisor:
+    """Restarts Procs, as a platform would: one killed on purpose (`kill_and_restart`) after its delay, and one
+    that exits on its own (a crash: noted in `crashes` by name, told to `on_event`) a second later.
+
+    After start-up the only thread that (re)starts processes, so the parent-death signal of the ones it
+    restarts stays tied to a thread that lives until `stop_all`.
+    """
+
+    def __init__(self, on_event: Callable[[str], None] = print):
+        self.on_event = on_event
+        self.procs: list[Proc] = []
+        self.crashes: dict[str, list[dict[str, Any]]] = {}
+        self.lock = threading.Lock()
+        self.paused = False  # teardown: no more restarts
+        self._restart_at: dict[Proc, float] = {}
+        self._exit = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+
+    def add(self, proc: Proc) -> Proc:
+        with self.lock:
+            self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        """Start watching (the Procs are started by their own `start`)."""
+        self.thread.start()
+
+    def kill_and_restart(self, proc: Proc, delay: float) -> int | None:
+        """SIGKILL `proc` now and start it again `delay` seconds later (not a crash); returns the pid killed."""
+        with self.lock:
+            pid = proc.pid
+            self._restart_at[proc] = time.monotonic() + delay
+            proc.kill()
+        return pid
+
+    def _loop(self) -> None:
+        while not self._exit.wait(0.2):
+            with self.lock:
+                if self.paused:
+                    continue
+                for proc in self.procs:
+                    if proc.popen is None or proc.alive():
+                        continue
+                    now = time.monotonic()
+                    if proc not in self._restart_at:
+                        code = proc.popen.returncode
+                        crash = {"at": time.time(), "exit": code, "tail": proc.log_tail(12)}
+                        self.crashes.setdefault(proc.name, []).append(crash)
+                        self.on_event(f"{proc.name} (pid {proc.pid}) exited on its own with {code}; restarting it")
+                        self._restart_at[proc] = now + 1.0
+                    if now >= self._restart_at[proc]:
+                        del self._restart_at[proc]
+                        proc.start()
+                        self.on_event(f"{proc.name} restarted (pid {proc.pid})")
+
+    def stop_all(self) -> None:
+        """Stop every process (newest first), then the supervisor thread.
+
+        The thread ends last: the processes it restarted get SIGKILL when it ends (parent-death signal).
+        """
+        with self.lock:
+            self.paused = True
+            procs = list(self.procs)
+        stop_all(procs)
+        self._exit.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
 
 
 _failed = False
@@ -180,13 +296,16 @@ def redis_client(url: str, **kw):
 # --------------------------------------------------------------------------------- database + app
 
 
-def ensure_pg_database() -> None:
+def ensure_pg_database(name: str | None = None, admin_url: str = PG_ADMIN_URL) -> None:
+    """Create the database `name` (default: PG_URL's) on the server of `admin_url` if it is missing."""
+    from urllib.parse import urlsplit
+
     import psycopg
 
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE bench")
+    name = name or urlsplit(PG_URL).path.lstrip("/") or "bench"
+    with psycopg.connect(psycopg_url(admin_url), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -194,6 +313,24 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def psycopg_url(url: str) -> str:
+    """The same URL as psycopg wants it (no SQLAlchemy driver name)."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1).replace("postgres://", "postgresql://", 1)
+
+
+def reset_database(url: str) -> None:
+    """Empty the database at `url` (`app.testing.reset_schema`) through an engine of its own, without an app."""
+    from sqlalchemy import create_engine
+
+    from app import testing
+
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        testing.reset_schema(engine)
+    finally:
+        engine.dispose()
 
 
 def app_env(database_url: str, redis_url: str, sim_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -239,20 +376,12 @@ def make_app(env: dict[str, str]):
 def reset_schema(app) -> None:
     """Empty database, then `flask db upgrade` (the migrations, as in production)."""
     from flask_migrate import upgrade
-    from sqlalchemy import text
 
+    from app import testing
     from app.extensions import db
 
     with app.app_context():
-        engine = db.engine
-        with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-                conn.execute(text("CREATE SCHEMA public"))
-            else:
-                names = [r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))]
-                for name in names:
-                    conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+        testing.reset_schema(db.engine)
         import logging
 
         level = logging.getLogger().level

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import datetime as dt
 import json
 import os
@@ -35,7 +34,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,12 +45,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
 import requests  # noqa: E402
+
+ROOT = c.ROOT
+PYTHON = c.PYTHON
 
 UTC = dt.timezone.utc
 WEBHOOK_SECRET = "whsec_chaos_" + secrets.token_hex(12)
@@ -105,12 +103,6 @@ def log(message: str) -> None:
 # ======================================================================================= processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -122,126 +114,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
             last_error = exc
         time.sleep(interval)
     raise RuntimeError(f"{what} not ready after {timeout:.0f}s" + (f" ({last_error})" if last_error else ""))
-
-
-try:  # loaded here, not in the forked child (no dynamic loading between fork and exec)
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not Linux: tests/test_chaos.py still ends the whole process group
-    _LIBC = None
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL me if the thread that started me dies (the chaos run itself killed)."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Managed:
-    """A child process of the run: started, SIGKILLed, restarted and stopped by its own pid."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_path
-        self.popen: subprocess.Popen | None = None
-        self.restart_at: float | None = None  # set by the chaos driver before it kills
-        self.starts = 0
-        self.crashes: list[dict[str, Any]] = []
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as out:
-            out.write(f"\n===== chaos: start #{self.starts + 1} of {self.name} at {time.time():.3f}\n".encode())
-            out.flush()
-            self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        self.starts += 1
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if not self.alive():
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-class Supervisor:
-    """Restarts processes: after a planned SIGKILL (at `restart_at`) or when one exits on its own.
-
-    The only thread that (re)starts processes after start-up, so the children's parent-death
-    signal stays tied to a thread that lives until the end of the run.
-    """
-
-    def __init__(self, run: "ChaosRun"):
-        self.run = run
-        self.procs: list[Managed] = []
-        self.lock = threading.Lock()
-        self.paused = False  # teardown: no more restarts
-        self.exit = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
-
-    def add(self, proc: Managed) -> Managed:
-        with self.lock:
-            self.procs.append(proc)
-        return proc
-
-    def _loop(self) -> None:
-        while not self.exit.wait(0.2):
-            with self.lock:
-                if self.paused:
-                    continue
-                for proc in self.procs:
-                    if proc.popen is None or proc.alive():
-                        continue
-                    now = time.monotonic()
-                    if proc.restart_at is None:
-                        code = proc.popen.returncode
-                        crash = {"at": self.run.elapsed(), "exit": code, "tail": proc.tail(12)}
-                        proc.crashes.append(crash)
-                        self.run.event(f"{proc.name} (pid {proc.pid}) exited on its own with {code}; restarting it")
-                        proc.restart_at = now + 1.0
-                    if now >= proc.restart_at:
-                        proc.restart_at = None
-                        proc.start()
-                        self.run.event(f"{proc.name} restarted (pid {proc.pid})")
-
-    def stop_all(self) -> None:
-        """Stop every process (newest first), then the supervisor thread.
-
-        The thread ends last: the processes it restarted get SIGKILL when it ends (parent-death signal).
-        """
-        with self.lock:
-            self.paused = True
-            procs = list(reversed(self.procs))
-        for proc in procs:
-            try:
-                proc.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"warning: could not stop {proc.name} (pid {proc.pid}): {exc}", file=sys.stderr)
-        self.exit.set()
-        if self.thread.is_alive():
-            self.thread.join(5)
 
 
 def redis_binary() -> str:
@@ -284,10 +156,6 @@ def choose_database(args: argparse.Namespace, run_dir: Path) -> tuple[str, str]:
     return f"sqlite:///{path}", f"SQLite {path} (no PostgreSQL URL given)"
 
 
-def _psycopg_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1).replace("postgres://", "postgresql://", 1)
-
-
 _pg_lock_connection = None  # held open for the whole run
 
 
@@ -302,7 +170,7 @@ def prepare_postgres(admin_url: str, url: str, name: str, wait: float = 240) -> 
 
     import psycopg
 
-    lock = psycopg.connect(_psycopg_url(admin_url), autocommit=True)
+    lock = psycopg.connect(c.psycopg_url(admin_url), autocommit=True)
     key = zlib.crc32(f"bench/chaos.py:{name}".encode()) & 0x7FFFFFFF
     deadline = time.monotonic() + wait
     told = False
@@ -314,19 +182,8 @@ def prepare_postgres(admin_url: str, url: str, name: str, wait: float = 240) -> 
             told = True
         time.sleep(2)
     _pg_lock_connection = lock
-    with psycopg.connect(_psycopg_url(admin_url), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-
-
-def sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
+    c.ensure_pg_database(name, admin_url)
+    c.reset_database(url)
 
 
 # ======================================================================================= recording
@@ -649,7 +506,7 @@ class ChaosRun:
         self.events_lock = threading.Lock()
         self.recorder = Recorder()
         self.orders: list[OrderRecord] = []
-        self.supervisor = Supervisor(self)
+        self.supervisor = c.Supervisor(on_event=self.event)
         self.redelivered: set[str] = set()
         self.redelivered_count = 0
         self.sweeps: list[tuple[float, str]] = []  # (elapsed, sweep:last "at") as observed
@@ -675,7 +532,7 @@ class ChaosRun:
         self.db_url, self.db_desc = choose_database(self.args, self.run_dir)
         self.t0 = time.monotonic()  # the time limit starts once the database is ours
         self.code = code_state()
-        self.redis_port, self.sim_port, self.web_port = free_port(), free_port(), free_port()
+        self.redis_port, self.sim_port, self.web_port = c.free_port(), c.free_port(), c.free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
         self.web_url = f"http://127.0.0.1:{self.web_port}"
@@ -695,19 +552,22 @@ class ChaosRun:
             STRIPE_TIMEOUT_SECONDS=str(mode.stripe_timeout),
             STRIPE_MAX_NETWORK_RETRIES="2",
             PYTHONUNBUFFERED="1",
-            PATH=f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            PATH=f"{c.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         self.env = env
         sup = self.supervisor
         L = self.run_dir
         flask = [PYTHON, "-m", "flask", "--app", "wsgi"]
-        self.redis = sup.add(Managed("redis", [redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                               "--save", "", "--appendonly", "no", "--dir", str(L)], env,
-                                     L / "redis.log"))
-        self.sim = sup.add(Managed("stripe_sim", [PYTHON, "-m", "stripe_sim", "--host", "127.0.0.1", "--port",
-                                                  str(self.sim_port), "--webhook-url",
-                                                  f"{self.web_url}/webhooks/stripe", "--webhook-secret",
-                                                  WEBHOOK_SECRET], env, L / "stripe_sim.log"))
+
+        def managed(name: str, argv: list[str]) -> c.Proc:
+            """A process of the run, restarted by the supervisor; it dies with the thread that (re)starts it."""
+            return sup.add(c.Proc(name, argv, env, L / f"{name}.log", start=False, die_with_parent=True))
+
+        self.redis = managed("redis", [redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                       "--save", "", "--appendonly", "no", "--dir", str(L)])
+        self.sim = managed("stripe_sim", [PYTHON, "-m", "stripe_sim", "--host", "127.0.0.1", "--port",
+                                          str(self.sim_port), "--webhook-url", f"{self.web_url}/webhooks/stripe",
+                                          "--webhook-secret", WEBHOOK_SECRET])
         self.redis.start()
         self.sim.start()
         wait_until(lambda: self._redis().ping(), 20, "redis")
@@ -719,16 +579,14 @@ class ChaosRun:
             if done.returncode != 0:
                 raise RuntimeError(f"flask {' '.join(step)} failed:\n{done.stdout}{done.stderr}")
 
-        self.web = sup.add(Managed("web", [PYTHON, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.web_port}",
-                                           "--workers", "2", "--threads", "4", "--graceful-timeout", "5",
-                                           "--timeout", "60"], env, L / "web.log"))
-        self.workers = [sup.add(Managed(f"worker-{i}", flask + ["worker"], env, L / f"worker-{i}.log")) for i in (1, 2)]
-        self.listeners = [sup.add(Managed(f"listener-{i}", flask + ["capture-listener"], env, L / f"listener-{i}.log"))
-                          for i in (1, 2)]
-        self.scheduler = sup.add(Managed("scheduler", flask + ["scheduler"], env, L / "scheduler.log"))
+        self.web = managed("web", [PYTHON, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.web_port}",
+                                   "--workers", "2", "--threads", "4", "--graceful-timeout", "5", "--timeout", "60"])
+        self.workers = [managed(f"worker-{i}", flask + ["worker"]) for i in (1, 2)]
+        self.listeners = [managed(f"listener-{i}", flask + ["capture-listener"]) for i in (1, 2)]
+        self.scheduler = managed("scheduler", flask + ["scheduler"])
         for proc in [self.web, *self.workers, *self.listeners, self.scheduler]:
             proc.start()
-        sup.thread.start()
+        sup.start()
         wait_until(lambda: requests.get(f"{self.web_url}/health", timeout=2).ok, 60, "web")
         r = self._redis()
         wait_until(lambda: r.hlen("capture_listener:heartbeats") >= 2, 60, "two listeners")
@@ -854,7 +712,7 @@ class ChaosRun:
                     return True
         return False
 
-    def _kill_worker(self, proc: Managed, *, mid_capture: bool) -> None:
+    def _kill_worker(self, proc: c.Proc, *, mid_capture: bool) -> None:
         """SIGKILL a worker while it waits for a job, or (long mode) while it runs a capture job."""
         deadline = time.monotonic() + 30
         doing = "state unknown (waited 30 s)"
@@ -875,14 +733,11 @@ class ChaosRun:
         if mid_capture:
             self.mid_capture_kills.append((time.time(), doing))
 
-    def _kill_and_restart(self, proc: Managed, delay: float, doing: str = "") -> None:
+    def _kill_and_restart(self, proc: c.Proc, delay: float, doing: str = "") -> None:
         if proc is self.redis:
             self.redis_restarts.append(time.time())
-        with self.supervisor.lock:
-            pid = proc.pid
-            proc.restart_at = time.monotonic() + delay
-            proc.kill()
-            killed_at = self.elapsed()
+        pid = self.supervisor.kill_and_restart(proc, delay)
+        killed_at = self.elapsed()
         capturing = self._capturing_now() if proc.name.startswith("worker") else None
         note = f" ({doing}; {capturing} payment(s) in `capturing` right after)" if capturing is not None else ""
         what = "restart (keys lost)" if proc is self.redis else "restart"
@@ -933,7 +788,7 @@ class ChaosRun:
         if not hasattr(self, "_engine"):
             from sqlalchemy import create_engine
 
-            self._engine = create_engine(sqlalchemy_url(self.db_url), pool_pre_ping=True)
+            self._engine = create_engine(c.sqlalchemy_url(self.db_url), pool_pre_ping=True)
         return self._engine
 
     def settle(self) -> bool:
@@ -1209,7 +1064,8 @@ class ChaosRun:
             "sweeps_after_redis_restart": sum(1 for _, at in self.sweeps if self.redis_restarts and
                                               parse_time(at) > self.redis_restarts[0]) if self.redis_restarts
             else None,
-            "process_crashes": {p.name: len(p.crashes) for p in self.supervisor.procs if p.crashes},
+            "process_crashes": {p.name: len(self.supervisor.crashes[p.name]) for p in self.supervisor.procs
+                                if p.name in self.supervisor.crashes},
             "app_log_counts": self.log_counts(),
             "chaos": [f"{t:6.1f}s {text}" for t, text in self.events],
         }

@@ -60,29 +60,17 @@ def app(redis_url: str, sim: SimServer, tmp_path_factory):
             mp.setenv(key, value)
         from app import create_app
         from app.extensions import db
+        from app.testing import reset_schema
 
         application = create_app({"TESTING": True, "WTF_CSRF_ENABLED": True})
         with application.app_context():
-            _reset_schema(db)
+            reset_schema(db.engine)  # the migrations, not create_all, build the schema
             from flask_migrate import upgrade
 
             upgrade()
         yield application
         with application.app_context():
             db.engine.dispose()  # close pooled connections before the interpreter exits
-
-
-def _reset_schema(db) -> None:
-    """Start from an empty database so the migrations, not create_all, build the schema."""
-    engine = db.engine
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        else:
-            tables = [row[0] for row in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))]
-            for table in tables:
-                conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
 
 
 @pytest.fixture(autouse=True)
