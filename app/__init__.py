@@ -53,9 +53,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     stripe_gateway.init_app(app)
 
+    from app.dashboard import bp as dashboard_bp
     from app.health import bp as health_bp
     from app.storefront import bp as storefront_bp
-    from app.dashboard import bp as dashboard_bp
     from app.webhooks import bp as webhooks_bp
 
     app.register_blueprint(dashboard_bp)
@@ -73,6 +73,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.signals import order_placed
 
     order_placed.connect(on_order_placed, sender=app, weak=False)
+
+    # What the periodic sweep resolves besides captures: every intermediate state has a way out.
+    from app.payments.janitor import resolve_stuck_cancels
+    from app.payments.refunds import resolve_stuck_refunds
+    from app.payments.sweep import register_janitor
+    from app.webhooks.janitor import rerun_stale_events
+
+    register_janitor(app, "cancels", resolve_stuck_cancels)
+    register_janitor(app, "refunds", resolve_stuck_refunds)
+    register_janitor(app, "events", rerun_stale_events)
 
     from app import cli, engine_cli
 

@@ -23,6 +23,18 @@ def _int(name: str, default: int) -> int:
     return value
 
 
+def _int_between(name: str, default: int, low: int, high: int, why: str) -> int:
+    value = _int(name, default)
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} ({why}), got {value}")
+    return value
+
+
+# An authorization must still be valid when the grace period ends: 5 days, well inside the 7 days
+# Stripe keeps most online card authorizations (`capture_before`).
+MAX_GRACE_PERIOD_SECONDS = 432_000
+
+
 def database_url_from_env(instance_path: str) -> str:
     """`DATABASE_URL`, with Heroku's `postgres://` meaning PostgreSQL via psycopg 3."""
     url = os.environ.get("DATABASE_URL", "").strip()
@@ -50,6 +62,7 @@ class Settings:
     cors_origins: tuple[str, ...]
     trusted_proxy_hops: int
     stripe_max_requests_per_second: int
+    stuck_operation_seconds: int = 300
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -59,7 +72,8 @@ class Settings:
             stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY") or None,
             stripe_webhook_secret=os.environ.get("STRIPE_WEBHOOK_SECRET") or None,
             stripe_api_base=os.environ.get("STRIPE_API_BASE") or None,
-            grace_period_seconds=_int("GRACE_PERIOD_SECONDS", 3600),
+            grace_period_seconds=_int_between("GRACE_PERIOD_SECONDS", 3600, 1, MAX_GRACE_PERIOD_SECONDS,
+                                              "an authorization must still be valid when it ends"),
             fallback_capture_after_seconds=_int("FALLBACK_CAPTURE_AFTER_SECONDS", 3900),
             fallback_sweep_interval_seconds=_int("FALLBACK_SWEEP_INTERVAL_SECONDS", 300),
             stripe_max_network_retries=_int("STRIPE_MAX_NETWORK_RETRIES", 2),
@@ -67,6 +81,8 @@ class Settings:
             cors_origins=origins,
             trusted_proxy_hops=_int("TRUSTED_PROXY_HOPS", 0),
             stripe_max_requests_per_second=_int("STRIPE_MAX_REQUESTS_PER_SECOND", 0),
+            stuck_operation_seconds=_int_between("STUCK_OPERATION_SECONDS", 300, 1, 86_400,
+                                                 "how long a cancel, refund or event may stay in flight"),
         )
 
 

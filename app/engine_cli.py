@@ -96,9 +96,11 @@ def init_app(app: Flask) -> None:
         from app.payments.sweep import sweep
 
         result = sweep()
+        resolved = ", ".join(f"{count} {name}" for name, count in result.resolved.items() if count)
         click.echo(
             f"enqueued {result.enqueued} capture(s) "
-            f"(recovered {result.recovered} stuck, re-armed {result.rearmed} grace period(s))"
+            f"(recovered {result.recovered} stuck, re-armed {result.rearmed} grace period(s)"
+            + (f"; resolved {resolved}" if resolved else "") + ")"
         )
 
     @app.cli.command("worker")

@@ -162,7 +162,7 @@ class SimApp:
             return self._respond(400, StripeError(400, "idempotency_error", message).body(), ctx)
         try:
             status, body, storable = self._execute(endpoint, path_args, params, ctx, fault)
-            response = self._respond(status, body, ctx)
+            response = self._respond(status, body, ctx, _NO_RETRY if storable and status >= 500 else None)
             if storable:
                 self.idempotency.complete(key, StoredResponse(status, response.get_data(), ctx.request_id or ""))
         finally:
@@ -179,11 +179,15 @@ class SimApp:
         route = api.ROUTES[endpoint]
         try:
             reject_unknown(params, route.allowed)
+            injected = _execution_fault(fault)
+            if injected is not None:
+                raise injected
             with self.state.lock:
                 return 200, route.handler(self.state, ctx, params, **path_args), True
         except StripeError as exc:
-            # Stripe saves no idempotent result when validation fails or the server errs.
-            storable = not getattr(exc, "validation", False) and exc.status < 500
+            # Stripe saves no idempotent result when validation fails; any other answer once the
+            # endpoint began executing is saved, 500s included.
+            storable = not getattr(exc, "validation", False)
             return exc.status, exc.body(), storable
         except Exception:
             log.exception("handler %s crashed", endpoint)
@@ -213,6 +217,8 @@ class SimApp:
         response.headers["Stripe-Version"] = ctx.api_version
         if ctx.idempotency_key:
             response.headers["Idempotency-Key"] = ctx.idempotency_key
+        if stored.status >= 500:
+            response.headers.update(_NO_RETRY)
         return response
 
 
@@ -256,16 +262,31 @@ def _match(request: Request) -> tuple[str, dict[str, str]]:
     return str(endpoint), dict(args)
 
 
+# Faults raised once the endpoint has begun executing: Stripe stores their answer under the
+# idempotency key and replays it, 500s included, for 24 hours ("Idempotent requests").
+EXECUTION_FAULTS = ("500", "card_declined")
+
+
+# Stripe tells its clients not to retry a stored 500: the retry would get this very answer.
+_NO_RETRY = {"Stripe-Should-Retry": "false"}
+
+
+def _execution_fault(fault: Fault | None) -> StripeError | None:
+    if fault is None:
+        return None
+    if fault.kind == "500":
+        return errors.api_error()
+    if fault.kind == "card_declined":
+        return errors.card_declined("generic_decline", "Your card was declined (simulated fault).")
+    return None
+
+
 def _raise_for_fault(fault: Fault | None) -> None:
-    """Faults that answer without performing the operation."""
+    """Faults that answer before the endpoint executes (nothing stored under the key)."""
     if fault is None:
         return
-    if fault.kind == "500":
-        raise errors.api_error()
     if fault.kind == "429":
         raise errors.rate_limited()
-    if fault.kind == "card_declined":
-        raise errors.card_declined("generic_decline", "Your card was declined (simulated fault).")
     if fault.kind == "timeout":
         time.sleep(fault.seconds)
         raise errors.api_error("The request timed out (simulated); it was not performed.")

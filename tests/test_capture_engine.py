@@ -121,16 +121,45 @@ def test_listener_turns_on_expired_events(app):
 
 
 def test_stripe_500_then_success_gives_one_capture(app, client, sim_control, settings):
-    from app.payments.capture import CaptureOutcome, capture_order
+    """Stripe stores the 500 under the key and replays it for 24 h: the retry needs a key of its own,
+    which is safe once Stripe says the PaymentIntent is still uncaptured."""
+    import pytest
+
+    from app.payments.capture import CaptureOutcome, CaptureRetryLater, capture_order
 
     settings(grace_period_seconds=1)
     order = place_order(client, sim_control)
     time.sleep(1.1)
     sim_control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/capture", "times": 1}])
-    with app.app_context():
+    with app.app_context(), pytest.raises(CaptureRetryLater):
+        capture_order(order["id"], trigger="expiry")
+    with app.app_context():  # RQ's retry
         assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.CAPTURED
     assert len(captures_at_stripe(sim_control)) == 1
     assert sim_control.ledger()["faults"]["500"] == 1
+
+
+def test_a_capture_error_stripe_stored_under_the_key_is_not_replayed_to_every_retry(
+        app, client, sim_control, settings):
+    """S6: with one key forever, every retry (RQ's, the sweep's, staff's) got the stored 500 for a day."""
+    import pytest
+
+    from app.payments.capture import CaptureRetryLater, capture_order
+
+    settings(grace_period_seconds=1)
+    order = place_order(client, sim_control)
+    time.sleep(1.1)
+    sim_control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/capture", "times": 1}])
+    with app.app_context(), pytest.raises(CaptureRetryLater):
+        capture_order(order["id"], trigger="expiry")
+    outcomes = []
+    for _ in range(3):  # the retries, with no fault left at Stripe
+        with app.app_context():
+            try:
+                outcomes.append(capture_order(order["id"], trigger="retry"))
+            except CaptureRetryLater:
+                outcomes.append("replayed 500")
+    assert outcomes[0] == "captured" and len(captures_at_stripe(sim_control)) == 1
 
 
 def test_rate_limited_capture_is_retried_with_the_same_key(app, client, sim_control, settings, db_session):

@@ -25,7 +25,9 @@ def test_payment_intent_is_manual_capture_with_cart_metadata(client, sim):
     assert intent["status"] == "requires_payment_method" and intent["client_secret"]
     stored = stripe_intent(sim.url, intent["id"])
     assert stored["capture_method"] == "manual"
-    assert stored["metadata"] == {"cart_id": cart["id"]}
+    # Says who made it: on a shared Stripe account, other integrations' PaymentIntents lack this.
+    assert stored["metadata"] == {"cart_id": cart["id"], "created_by": "delayed-capture-engine"}
+    assert stored["payment_method_types"] == ["card"]
     assert stored["payment_method_options"]["card"]["request_incremental_authorization"] == "if_available"
 
 
@@ -39,7 +41,8 @@ def test_payment_intent_key_is_sha256_of_cart_amount_currency(client, sim):
             "amount": cart["total"],
             "currency": "usd",
             "capture_method": "manual",
-            "metadata": {"cart_id": cart["id"]},
+            "metadata": {"cart_id": cart["id"], "created_by": "delayed-capture-engine"},
+            "payment_method_types": ["card"],
             "payment_method_options": {"card": {"request_incremental_authorization": "if_available"}},
         },
         options={"idempotency_key": expected},

@@ -257,9 +257,12 @@ def test_concurrent_duplicate_deliveries_process_once(app, client, sim_control, 
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [200] * 5
+    # One delivery processes it; one that finds it being processed is told to come back (a 2xx would
+    # end Stripe's retries before the event is done), or finds it done.
+    assert statuses.count(200) >= 1 and set(statuses) <= {200, 409}
     assert _count(db_session, WebhookEvent) == 1 and _count(db_session, Order) == 1
     assert db_session.get(WebhookEvent, "evt_concurrent").attempts == 1
+    assert signed_delivery(client, event).get_json() == {"received": True, "duplicate": True}
 
 
 def test_simulator_deliveries_place_orders_without_complete(client, sim, sim_control, live_server, db_session):

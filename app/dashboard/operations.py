@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 from flask import current_app
@@ -47,7 +47,10 @@ THRESHOLDS = {
     "capture_failed": (1, 10),
     # Webhook events whose processing failed and has not succeeded since.
     "failed_webhooks": (1, 10),
+    # Uncaptured authorizations the card will drop within EXPIRY_WARNING (Stripe's `capture_before`).
+    "expiring_authorizations": (1, 10),
 }
+EXPIRY_WARNING = timedelta(hours=24)
 # Fewer live workers than this is red (nothing would capture).
 MIN_WORKERS = 1
 
@@ -85,8 +88,8 @@ def _age_text(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def _database_counts(now: datetime) -> tuple[int, int, int]:
-    """(overdue payments, capture-failed payments, failed webhook events) in one query."""
+def _database_counts(now: datetime) -> tuple[int, int, int, int]:
+    """(overdue payments, capture-failed payments, failed webhook events, expiring authorizations) in one query."""
     overdue = (
         select(func.count())
         .select_from(Payment)
@@ -105,8 +108,15 @@ def _database_counts(now: datetime) -> tuple[int, int, int]:
         .where(WebhookEvent.processed_at.is_(None), WebhookEvent.last_error.is_not(None))
         .scalar_subquery()
     )
-    row = db.session.execute(select(overdue, failed, webhooks)).one()
-    return int(row[0]), int(row[1]), int(row[2])
+    expiring = (
+        select(func.count())
+        .select_from(Payment)
+        .where(Payment.status.in_((PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURE_FAILED)),
+               Payment.capture_before < now + EXPIRY_WARNING)
+        .scalar_subquery()
+    )
+    row = db.session.execute(select(overdue, failed, webhooks, expiring)).one()
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 def _listener_check(client: redis.Redis, now_ts: float) -> Check:
@@ -190,7 +200,7 @@ def _sweep_check(client: redis.Redis, now_ts: float) -> Check:
 
 def operations_checks(now: datetime) -> list[Check]:
     """Every check, in the order the panel shows them."""
-    overdue, capture_failed, failed_webhooks = _database_counts(now)
+    overdue, capture_failed, failed_webhooks, expiring = _database_counts(now)
     checks: list[Check] = []
     client = current_app.extensions.get("redis")
     now_ts = time.time()
@@ -220,6 +230,10 @@ def operations_checks(now: datetime) -> list[Check]:
     checks.append(
         Check("failed_webhooks", "Failed webhook events", str(failed_webhooks),
               level_for("failed_webhooks", failed_webhooks), "not processed, last attempt failed")
+    )
+    checks.append(
+        Check("expiring", "Authorizations expiring", str(expiring), level_for("expiring_authorizations", expiring),
+              "uncaptured, the card drops them within 24 h (capture_before)")
     )
     return checks
 

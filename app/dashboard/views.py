@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
@@ -24,7 +26,7 @@ from app.dashboard.queries import OrderDetail, list_orders, load_order_detail
 from app.dashboard.timeline import build_timeline
 from app.errors import ApiError
 from app.extensions import db
-from app.models import OrderStatus, PaymentStatus
+from app.models import OrderStatus, PaymentStatus, RefundStatus
 from app.models.base import utcnow
 from app.payments.cancellation import cancel_order
 from app.payments.capture import CaptureOutcome, capture_now, retry_failed_capture
@@ -239,10 +241,14 @@ def order_action(order_id: str, action: str):
             action=ACTIONS[action],
             amount=amount,
             amount_text=decimal_text(amount, detail.order.currency) if amount is not None else "",
+            # One token per confirmation page: posting it twice (double click, resubmit) acts once.
+            request_token=secrets.token_urlsafe(18),
         )
 
+    token = request.form.get("request_token", "")
+    token = token if _REQUEST_TOKEN.fullmatch(token) else None
     try:
-        message, category = _perform(action, detail, amount)
+        message, category = _perform(action, detail, amount, token)
     except (ApiError, DomainError, PaymentProviderError) as exc:
         message, category = exc.message, "error"
     log.info("staff action", extra={"action": action, "order_id": order_id, "staff_id": g.staff.id,
@@ -251,11 +257,18 @@ def order_action(order_id: str, action: str):
     return back
 
 
-def _perform(action: str, detail: OrderDetail, amount: int | None) -> tuple[str, str]:
+_REQUEST_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def _perform(action: str, detail: OrderDetail, amount: int | None, token: str | None) -> tuple[str, str]:
     order_id, currency = detail.order.id, detail.order.currency
     if action == "refund":
-        refund = refund_order(order_id, amount, actor=_actor())
-        return f"Refunded {money(refund.amount, currency)}.", "success"
+        refund = refund_order(order_id, amount, actor=_actor(), request_token=token)
+        if refund.status == RefundStatus.SUCCEEDED:
+            return f"Refunded {money(refund.amount, currency)}.", "success"
+        if refund.status in RefundStatus.OPEN:
+            return f"The refund of {money(refund.amount, currency)} is pending at Stripe.", "info"
+        return f"The refund of {money(refund.amount, currency)} failed: {refund.last_error or refund.status}", "error"
     if action == "cancel":
         already = detail.order.status == OrderStatus.CANCELED
         cancel_order(order_id, actor=_actor(), after_deadline=True)

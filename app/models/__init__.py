@@ -4,8 +4,8 @@ from app.models.cart import Cart, LineItem
 from app.models.catalog import Product
 from app.models.order import DisplayIdSequence, Order, OrderChange, OrderItem, OrderStatus
 from app.models.payment import (
-    CaptureAttempt,
     Capture,
+    CaptureAttempt,
     OrderTransaction,
     Payment,
     PaymentCollection,

@@ -127,6 +127,14 @@ class Payment(db.Model):
     # What the capture left uncollected of the order's total (never a silent success; 0 when whole).
     capture_shortfall: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_capture_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Bumped when Stripe stored an error under the capture key and the PaymentIntent is still
+    # uncaptured: the next attempt needs a key of its own (Stripe replays a key's first answer 24 h).
+    capture_key_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The card's deadline for capturing (Stripe's `capture_before` on the charge): past it, the
+    # authorization expires and nothing can be captured.
+    capture_before: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The status a cancel started from: what a cancel that Stripe could not complete gives back.
+    status_before_cancel: Mapped[str | None] = mapped_column(String(20), default=None)
     captured_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     cancellation_reason: Mapped[str | None] = mapped_column(String(100), default=None)
@@ -159,10 +167,18 @@ class Capture(db.Model):
 
 
 class RefundStatus:
+    """Stripe's refund statuses; the open ones hold their amount reserved against the payment."""
+
     PENDING = "pending"
-    """Reserved against the payment; Stripe not yet confirmed."""
+    """Reserved against the payment; Stripe not yet confirmed (or Stripe's own `pending`)."""
+    REQUIRES_ACTION = "requires_action"
+    """Stripe needs the customer to act before it can return the money; still reserved."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    """Refused, or failed at Stripe after it was made: the amount may be refunded again."""
+    CANCELED = "canceled"
+
+    OPEN = (PENDING, REQUIRES_ACTION)
 
 
 class Refund(db.Model):

@@ -7,7 +7,7 @@ import logging
 from app.db_clock import read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
-from app.models import Order, OrderStatus, PaymentStatus
+from app.models import Order, OrderStatus, Payment, PaymentStatus
 from app.payments import transitions
 from app.payments.errors import GracePeriodOver, NotCancelable, OrderBusy, ProviderUnavailable
 from app.payments.provider_errors import PaymentProviderError, ProviderRefused
@@ -16,6 +16,14 @@ from app.payments.reconcile import apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import get_gateway
 
 log = logging.getLogger(__name__)
+
+
+def _voided_at_stripe(payment_intent_id: str) -> bool | None:
+    """Is the PaymentIntent canceled at Stripe? None when Stripe cannot say."""
+    try:
+        return get_gateway().retrieve_payment_intent(payment_intent_id).status == "canceled"
+    except PaymentProviderError:
+        return None
 
 
 def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool = False) -> Order:
@@ -44,9 +52,15 @@ def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool
             raise GracePeriodOver("The grace period is over; the order can no longer be canceled.")
         raise OrderBusy("The order is being changed; try again.")
 
+    # One key per cancel attempt (the moment `begin_cancel` won, on the row): a retry inside this
+    # attempt is replayed, and a later attempt is not answered with an error Stripe stored for this one.
+    db.session.expire_all()
+    began_at = db.session.get(Payment, payment.id).updated_at
     try:
         get_gateway().cancel_payment_intent(
-            payment.stripe_payment_intent_id, idempotency_key=f"cancel:{payment.id}", reason="requested_by_customer"
+            payment.stripe_payment_intent_id,
+            idempotency_key=f"cancel:{payment.id}:{int(began_at.timestamp() * 1000)}",
+            reason="requested_by_customer",
         )
     except ProviderRefused as exc:
         intent = get_gateway().retrieve_payment_intent(payment.stripe_payment_intent_id)
@@ -60,9 +74,16 @@ def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool
                 transitions.abort_cancel(payment.id, began_from)
             raise NotCancelable(f"Stripe refused to void the payment: {exc.message}") from exc
     except PaymentProviderError as exc:
-        with write_transaction():
-            transitions.abort_cancel(payment.id, began_from)
-        raise ProviderUnavailable("Stripe is unavailable; the order was not canceled. Try again.") from exc
+        # No usable answer: the void may have happened. Say what actually happened, not a guess.
+        voided = _voided_at_stripe(payment.stripe_payment_intent_id)
+        if voided is None:
+            # Stripe cannot say: the payment stays `canceling` (no capture can claim it) and the
+            # sweep asks Stripe again after STUCK_OPERATION_SECONDS, then records or restores.
+            raise ProviderUnavailable("Stripe did not answer; the cancel will be confirmed with Stripe shortly.") from exc
+        if not voided:
+            with write_transaction():
+                transitions.abort_cancel(payment.id, began_from)
+            raise ProviderUnavailable("Stripe is unavailable; the order was not canceled. Try again.") from exc
 
     with write_transaction():
         transitions.record_canceled(payment.id, f"canceled by {actor}")

@@ -56,8 +56,14 @@ class CaptureRetryLater(Exception):
     """Stripe was rate limiting or unreachable; RQ retries the job and its same idempotency key."""
 
 
-def capture_idempotency_key(payment_id: str) -> str:
-    return f"capture:{payment_id}"
+def capture_idempotency_key(payment_id: str, generation: int = 0) -> str:
+    """`capture:{payment_id}`, the same on every retry of one attempt (a lost answer is replayed).
+
+    Stripe replays the first answer under a key for 24 hours, errors included: after an error it
+    may have stored, with the PaymentIntent still uncaptured, the next attempt takes a new
+    generation (`capture:{payment_id}:{n}`). Safe: Stripe captures a PaymentIntent only once.
+    """
+    return f"capture:{payment_id}" if not generation else f"capture:{payment_id}:{generation}"
 
 
 def _record_attempt(payment: Payment, outcome: str, amount: int, trigger: str, error: str | None = None) -> None:
@@ -111,7 +117,7 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
         intent = gateway.capture_payment_intent(
             payment.stripe_payment_intent_id,
             amount_to_capture=amount,
-            idempotency_key=capture_idempotency_key(payment.id),
+            idempotency_key=capture_idempotency_key(payment.id, payment.capture_key_generation),
         )
     except RateLimited as exc:
         return _after_rate_limit(payment, token, amount, trigger, exc)
@@ -182,8 +188,10 @@ def _after_ambiguous_failure(payment: Payment, token: int, amount: int, trigger:
     intent = _current_intent(payment)
     if isinstance(intent, PaymentIntent) and intent.status in ("succeeded", "canceled"):
         return _settle(payment, token, intent, amount, trigger, actor="engine")
+    # Stripe says nothing was captured: the error may be stored under this key, so retry under a new one.
+    new_key = isinstance(intent, PaymentIntent) and intent.status == "requires_capture"
     with write_transaction():
-        transitions.release_capture_claim(payment.id, token, error=f"retrying: {exc.message}"[:500])
+        transitions.release_capture_claim(payment.id, token, error=f"retrying: {exc.message}"[:500], new_key=new_key)
     _record_attempt(payment, "retrying", amount, trigger, error=exc.message[:500])
     log.warning("capture will be retried", extra={"payment_id": payment.id, "error_type": type(exc).__name__})
     raise CaptureRetryLater(exc.message) from exc
@@ -204,7 +212,8 @@ def _after_refusal(payment: Payment, token: int, amount: int, trigger: str, exc:
         raise CaptureRetryLater(exc.message) from exc
     error = f"{exc.code or type(exc).__name__}: {exc.message}"[:1000]
     with write_transaction():
-        transitions.mark_capture_failed(payment.id, token, error)
+        # Stripe stored the refusal under the key: staff's retry must not be answered with it again.
+        transitions.mark_capture_failed(payment.id, token, error, new_key=True)
     _record_attempt(payment, "failed", amount, trigger, error=error)
     log.error("capture failed", extra={"payment_id": payment.id, "order_id": payment.order_id, "code": exc.code})
     return CaptureOutcome.FAILED

@@ -18,9 +18,9 @@ import time
 import redis
 from flask import Flask
 
-from app.models import Payment, PaymentStatus
 from app.db_clock import read_db_now
 from app.extensions import db
+from app.models import Payment, PaymentStatus
 from app.payments.capture_intents import DueKeyToucher, order_id_from_key
 from app.payments.sweep import keyset_batches, rearm_lost_intents
 from app.queues import enqueue_captures

@@ -14,7 +14,7 @@ check is made on the very items the order copies.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from flask import current_app
 from sqlalchemy import update
@@ -57,17 +57,33 @@ def authorized_amount(intent: PaymentIntent) -> int:
 
 
 def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
-    """Release an authorization that no order will ever capture (paid twice, stale amount)."""
-    log.warning("voiding authorization that cannot become an order", extra={"payment_intent_id": intent.id, "why": why})
-    try:
-        get_gateway().cancel_payment_intent(intent.id, idempotency_key=f"void-unplaceable:{intent.id}", reason="duplicate")
-    except ProviderRefused as exc:
-        log.warning("void refused by Stripe", extra={"payment_intent_id": intent.id, "error": exc.message})
+    """Release an authorization that no order will ever capture (paid twice, stale amount).
+
+    Already captured (someone captured it in Stripe's dashboard) it cannot be voided: it is
+    refunded in full instead, under a key that names it, and the cart's payment record says why.
+    """
+    gateway = get_gateway()
+    if intent.status == "succeeded":
+        log.warning("refunding a captured payment that cannot become an order",
+                    extra={"payment_intent_id": intent.id, "why": why})
+        try:
+            gateway.create_refund(payment_intent_id=intent.id, amount=intent.amount_received,
+                                  idempotency_key=f"refund-unplaceable:{intent.id}",
+                                  metadata={"reason": "cannot become an order"})
+            why = f"{why}; it was already captured and was refunded in full"
+        except ProviderRefused as exc:  # refunded already (by hand, or an earlier delivery)
+            why = f"{why}; it was already captured; the refund was refused: {exc.message}"
+    else:
+        log.warning("voiding authorization that cannot become an order", extra={"payment_intent_id": intent.id, "why": why})
+        try:
+            gateway.cancel_payment_intent(intent.id, idempotency_key=f"void-unplaceable:{intent.id}", reason="duplicate")
+        except ProviderRefused as exc:
+            log.warning("void refused by Stripe", extra={"payment_intent_id": intent.id, "error": exc.message})
     with write_transaction():
         row = session_for_intent(intent.id)
         if row is not None:
             row.status = PaymentSessionStatus.CANCELED
-            row.last_error = why
+            row.last_error = why[:1000]
 
 
 class _CartTaken(Exception):
@@ -184,6 +200,8 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
                 status=PaymentStatus.AUTHORIZED,
                 authorized_at=now,
                 capture_due_at=order.grace_period_ends_at,
+                capture_before=(datetime.fromtimestamp(intent.capture_before, timezone.utc)
+                                if intent.capture_before else None),
             )
         )
     return order

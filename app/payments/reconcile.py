@@ -12,12 +12,14 @@ from flask import current_app
 from sqlalchemy import select
 
 from app.db_tx import write_transaction
+from app.extensions import db
 from app.log import current_trace_id
 from app.models import Payment, Refund, RefundStatus
 from app.payments import transitions
 from app.payments.capture_intents import service_for
 from app.payments.payment_intents import session_status_for
 from app.payments.queries import session_for_intent
+from app.payments.refunds import apply_stripe_refund
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.payments.stripe_gateway import Refund as StripeRefund
 
@@ -68,21 +70,22 @@ def apply_canceled(payment: Payment, intent: PaymentIntent) -> bool:
 
 
 def record_stripe_refunds(payment_id: str, refunds: list[StripeRefund]) -> int:
-    """Add the succeeded refunds we do not know yet, once each by Stripe's refund id; returns how many."""
+    """Bring our refunds in line with Stripe's list: ours get Stripe's status; a succeeded refund we do
+    not know (made in Stripe's dashboard) is added once by its id. Returns how many were added."""
     added = 0
     for refund in refunds:
-        if refund.status != "succeeded":
+        own_id = refund.metadata.get("refund_id")
+        own = db.session.get(Refund, own_id) if own_id else None
+        if own is None:
+            own = db.session.scalar(select(Refund).where(Refund.stripe_refund_id == refund.id))
+        if own is not None:
+            if own.status != refund.status:
+                apply_stripe_refund(own.id, refund)
             continue
+        if refund.status != "succeeded":
+            continue  # someone else's refund still pending at Stripe: recorded once it succeeds
         with write_transaction() as session:
             if session.scalar(select(Refund.id).where(Refund.stripe_refund_id == refund.id)):
-                continue
-            own = None
-            own_id = refund.metadata.get("refund_id")
-            if own_id:
-                own = session.get(Refund, own_id)
-            if own is not None:
-                # Our own refund, whose answer has not been recorded yet (the amount is already reserved).
-                transitions.complete_refund(own.id, refund.id)
                 continue
             if not transitions.reserve_refund(payment_id, refund.amount):
                 log.error("Stripe refund exceeds what we captured", extra={"payment_id": payment_id, "refund_id": refund.id})

@@ -1,14 +1,32 @@
-"""Refunds after capture: never more than captured minus refunded, one idempotency key per request."""
+"""Refunds after capture: never more than captured minus refunded, exactly once per request.
+
+Two phases around Stripe: reserve the amount and write the `pending` Refund row (one
+transaction), then ask Stripe with the idempotency key `refund:{refund_id}`, then record
+Stripe's answer. The refund's id, and so its key, comes from the request: staff's confirmation
+form carries a one-time token (`request_token`), so the same confirmation posted twice finds
+the same row and, at Stripe, the same refund. A refund left `pending` (the process died, Stripe
+did not answer) is resumed by the sweep (`resolve_stuck_refunds`): looked up at Stripe by its
+metadata, completed, retried with the same key, or its reservation released.
+
+Stripe's own refund statuses are kept: `pending` and `requires_action` hold the reservation,
+`succeeded` adds the ledger line, `failed` and `canceled` give the amount back.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.ids import new_id
 from app.log import current_trace_id
-from app.models import PaymentStatus, Refund, RefundStatus
+from app.models import Payment, PaymentStatus, Refund, RefundStatus
 from app.payments import transitions
 from app.payments.errors import (
     InvalidRefundAmount,
@@ -19,15 +37,28 @@ from app.payments.errors import (
 )
 from app.payments.provider_errors import CardDeclined, PaymentProviderError, ProviderRefused
 from app.payments.queries import payment_for_order, require_order
+from app.payments.stripe_gateway import Refund as StripeRefund
 from app.payments.stripe_gateway import get_gateway
 
 log = logging.getLogger(__name__)
 
 
+def refund_id_for(order_id: str, request_token: str | None) -> str:
+    """The refund's id: derived from the request's one-time token (the same on a resubmit), else new."""
+    if not request_token:
+        return new_id("ref")
+    digest = hashlib.sha256(f"{order_id}:{request_token}".encode()).digest()[:16]
+    return "ref_" + base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
 def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str | None = None,
-                 note: str | None = None) -> Refund:
-    """Refund `amount` (default: all that is left) of the order's captured payment."""
+                 note: str | None = None, request_token: str | None = None) -> Refund:
+    """Refund `amount` (default: all that is left) of the order's captured payment; once per `request_token`."""
     require_order(order_id)
+    refund_id = refund_id_for(order_id, request_token)
+    existing = db.session.get(Refund, refund_id)
+    if existing is not None:
+        return _finish(existing)  # the same confirmation again: the first one's refund
     payment = payment_for_order(order_id)
     if payment is None or payment.status != PaymentStatus.CAPTURED:
         raise NotCaptured("Only a captured payment can be refunded.")
@@ -36,45 +67,99 @@ def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str |
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidRefundAmount("The refund amount must be a positive integer in minor units.")
 
-    refund_id = new_id("ref")
-    with write_transaction() as session:
-        if not transitions.reserve_refund(payment.id, amount):
-            raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
-        session.add(
-            Refund(
-                id=refund_id,
-                payment_id=payment.id,
-                amount=amount,
-                status=RefundStatus.PENDING,
-                idempotency_key=f"refund:{refund_id}",
-                reason=reason,
-                note=note,
-                created_by=actor,
-                trace_id=current_trace_id(),
+    try:
+        with write_transaction() as session:
+            if not transitions.reserve_refund(payment.id, amount):
+                raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
+            session.add(
+                Refund(
+                    id=refund_id,
+                    payment_id=payment.id,
+                    amount=amount,
+                    status=RefundStatus.PENDING,
+                    idempotency_key=f"refund:{refund_id}",
+                    reason=reason,
+                    note=note,
+                    created_by=actor,
+                    trace_id=current_trace_id(),
+                )
             )
-        )
+    except IntegrityError:
+        # A double click: the other request wrote this refund first (its reservation, not ours, stands).
+        db.session.rollback()
+        return _finish(db.session.get(Refund, refund_id))
+    return _finish(db.session.get(Refund, refund_id))
 
+
+def _finish(refund: Refund) -> Refund:
+    """Ask Stripe (again, with the same key) for a refund still pending without Stripe's answer; record it."""
+    if refund.status not in RefundStatus.OPEN or refund.stripe_refund_id is not None:
+        return refund
+    payment = db.session.get(Payment, refund.payment_id)
     try:
         stripe_refund = get_gateway().create_refund(
             payment_intent_id=payment.stripe_payment_intent_id,
-            amount=amount,
-            idempotency_key=f"refund:{refund_id}",
-            metadata={"refund_id": refund_id, "order_id": order_id},
+            amount=refund.amount,
+            idempotency_key=refund.idempotency_key or f"refund:{refund.id}",
+            metadata={"refund_id": refund.id, "order_id": payment.order_id},
         )
     except (CardDeclined, ProviderRefused) as exc:
-        with write_transaction() as session:
-            refund = session.get(Refund, refund_id)
-            refund.status = RefundStatus.FAILED
-            refund.last_error = exc.message[:1000]
-            transitions.release_refund(payment.id, amount)
+        _give_back(refund.id, RefundStatus.FAILED, exc.message)
         raise RefundRefused(f"Stripe refused the refund: {exc.message}") from exc
     except PaymentProviderError as exc:
-        # The outcome is unknown: the reservation stays; `charge.refunded` (metadata refund_id) completes it.
+        # The outcome is unknown: the reservation stays; the sweep (or `charge.refunded`) completes it.
         with write_transaction() as session:
-            session.get(Refund, refund_id).last_error = exc.message[:1000]
+            session.get(Refund, refund.id).last_error = exc.message[:1000]
         raise ProviderUnavailable("Stripe did not answer; the refund is pending and will be reconciled.") from exc
+    apply_stripe_refund(refund.id, stripe_refund)
+    log.info("refund created", extra={"order_id": payment.order_id, "refund_id": refund.id, "amount": refund.amount,
+                                      "status": stripe_refund.status, "actor": refund.created_by})
+    db.session.expire_all()
+    return db.session.get(Refund, refund.id)
 
+
+def apply_stripe_refund(refund_id: str, stripe_refund: StripeRefund) -> None:
+    """Record Stripe's word on one of our refunds (its create answer, a webhook, the sweep's look-up)."""
+    status = stripe_refund.status
+    if status == RefundStatus.SUCCEEDED:
+        with write_transaction():
+            transitions.complete_refund(refund_id, stripe_refund.id)
+    elif status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+        _give_back(refund_id, status, f"Stripe reports the refund {status}", stripe_refund.id)
+    else:  # pending, requires_action: Stripe is still at it; the reservation holds
+        with write_transaction() as session:
+            row = session.get(Refund, refund_id)
+            if row.status in RefundStatus.OPEN:
+                row.stripe_refund_id = stripe_refund.id
+                row.status = status if status in RefundStatus.OPEN else RefundStatus.PENDING
+
+
+def _give_back(refund_id: str, status: str, why: str, stripe_refund_id: str | None = None) -> None:
+    """A refund that will not happen (refused, failed later, canceled): its amount may be refunded again."""
     with write_transaction():
-        transitions.complete_refund(refund_id, stripe_refund.id)
-    log.info("refund created", extra={"order_id": order_id, "refund_id": refund_id, "amount": amount, "actor": actor})
-    return db.session.get(Refund, refund_id)
+        if transitions.fail_refund(refund_id, status, why[:1000], stripe_refund_id):
+            log.warning("refund did not happen; amount released", extra={"refund_id": refund_id, "status": status})
+
+
+def resolve_stuck_refunds(now: datetime, stuck_after: timedelta) -> int:
+    """The sweep's janitor: pending refunds older than `stuck_after` asked of Stripe and settled."""
+    stuck = db.session.scalars(
+        select(Refund).where(Refund.status.in_(RefundStatus.OPEN), Refund.created_at < now - stuck_after).limit(100)
+    ).all()
+    resolved = 0
+    for refund in stuck:
+        payment = db.session.get(Payment, refund.payment_id)
+        try:
+            at_stripe = next(
+                (r for r in get_gateway().list_refunds(payment.stripe_payment_intent_id)
+                 if r.metadata.get("refund_id") == refund.id or r.id == refund.stripe_refund_id),
+                None,
+            )
+            if at_stripe is not None:
+                apply_stripe_refund(refund.id, at_stripe)
+            else:
+                _finish(refund)  # never reached Stripe: the same key asks again
+            resolved += 1
+        except (RefundRefused, ProviderUnavailable, PaymentProviderError) as exc:
+            log.warning("stuck refund not resolved yet", extra={"refund_id": refund.id, "error": str(exc)})
+    return resolved

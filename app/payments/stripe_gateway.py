@@ -24,6 +24,8 @@ from app.payments.rate_limit import RateLimitWaitTooLong, SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
+CREATED_BY = "delayed-capture-engine"
+
 
 @dataclass(frozen=True)
 class PaymentIntent:
@@ -40,6 +42,8 @@ class PaymentIntent:
     last_error_code: str | None = None
     last_error_decline_code: str | None = None
     last_error_message: str | None = None
+    # When the card's authorization expires (the charge's `capture_before`, Unix seconds), if known.
+    capture_before: int | None = None
 
     @property
     def is_authorized(self) -> bool:
@@ -93,7 +97,10 @@ def payment_intent_from(obj: Any) -> PaymentIntent:
     obj = _plain(obj)
     error = _get(obj, "last_payment_error") or {}
     charge = _get(obj, "latest_charge")
+    capture_before = None
     if not isinstance(charge, str) and charge is not None:
+        card = _get(_get(charge, "payment_method_details") or {}, "card") or {}
+        capture_before = _get(card, "capture_before")
         charge = _get(charge, "id")
     return PaymentIntent(
         id=obj["id"],
@@ -109,6 +116,7 @@ def payment_intent_from(obj: Any) -> PaymentIntent:
         last_error_code=_get(error, "code"),
         last_error_decline_code=_get(error, "decline_code"),
         last_error_message=_get(error, "message"),
+        capture_before=int(capture_before) if capture_before else None,
     )
 
 
@@ -200,7 +208,11 @@ class StripeGateway:
             "amount": amount,
             "currency": currency,
             "capture_method": "manual",
-            "metadata": {"cart_id": cart_id},
+            # Says who made it: on a Stripe account shared with other integrations, events about
+            # PaymentIntents without these are someone else's (stored, ignored, answered 200).
+            "metadata": {"cart_id": cart_id, "created_by": CREATED_BY},
+            # Card only: incremental authorization, capture_before and the grace period assume a card.
+            "payment_method_types": ["card"],
             "payment_method_options": {"card": {"request_incremental_authorization": "if_available"}},
         }
         obj = self._call(
@@ -212,7 +224,9 @@ class StripeGateway:
         return payment_intent_from(obj)
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntent:
-        obj = self._call("payment_intents.retrieve", self._client.v1.payment_intents.retrieve, payment_intent_id)
+        # The charge comes expanded (same request): its card's `capture_before` is the authorization's expiry.
+        obj = self._call("payment_intents.retrieve", self._client.v1.payment_intents.retrieve, payment_intent_id,
+                         params={"expand": ["latest_charge"]})
         return payment_intent_from(obj)
 
     def cancel_payment_intent(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -43,6 +44,8 @@ class SweepResult:
     recovered: int = 0
     rearmed: int = 0
     overdue_seen: int = 0
+    # What each janitor of an intermediate state resolved (stuck cancels, pending refunds, events).
+    resolved: dict = field(default_factory=dict)
     duration_ms: float = 0.0
 
     def as_dict(self) -> dict:
@@ -142,6 +145,19 @@ def rearm_lost_intents(now: datetime, *, check_every_key: bool = False, horizon:
     return rearmed
 
 
+JanitorFn = Callable[[datetime, timedelta], int]
+
+
+def register_janitor(app, name: str, janitor: JanitorFn) -> None:
+    """Add a janitor the sweep runs: `janitor(now, stuck_after)` resolves what has been in flight
+    longer than `stuck_after` (by asking Stripe) and returns how many it resolved."""
+    app.extensions.setdefault("sweep_janitors", {})[name] = janitor
+
+
+def janitors(app) -> list[tuple[str, JanitorFn]]:
+    return list(app.extensions.get("sweep_janitors", {}).items())
+
+
 def sweep(now: datetime | None = None) -> SweepResult:
     started = time.perf_counter()
     now = now or read_db_now(db.session)  # the database's clock decides what is due (one clock for all)
@@ -151,6 +167,13 @@ def sweep(now: datetime | None = None) -> SweepResult:
     result.overdue_seen, result.enqueued = enqueue_overdue_captures(now, settings.fallback_capture_after_seconds)
     horizon = timedelta(seconds=2 * settings.fallback_sweep_interval_seconds)
     result.rearmed = rearm_lost_intents(now, horizon=horizon)
+    stuck_after = timedelta(seconds=settings.stuck_operation_seconds)
+    for name, janitor in janitors(current_app):
+        try:
+            result.resolved[name] = janitor(now, stuck_after)
+        except Exception:  # one janitor failing must not stop the others, nor the next sweep
+            log.exception("janitor failed", extra={"janitor": name})
+            result.resolved[name] = -1
     result.duration_ms = round((time.perf_counter() - started) * 1000, 2)
     current_app.extensions["redis"].set(LAST_SWEEP_KEY, json.dumps({"at": now.isoformat(), **result.as_dict()}))
     log.info("sweep finished", extra=result.as_dict())

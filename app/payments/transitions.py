@@ -81,14 +81,20 @@ def _owned_claim(payment_id: str, token: int, new_status: str, **values) -> bool
     return won
 
 
-def release_capture_claim(payment_id: str, token: int, error: str | None = None) -> bool:
-    """capturing → authorized: the attempt ended without an outcome; a retry will claim it again."""
-    return _owned_claim(payment_id, token, S.AUTHORIZED, capture_claimed_at=None, last_capture_error=error)
+def _next_key(new_key: bool) -> dict:
+    return {"capture_key_generation": Payment.capture_key_generation + 1} if new_key else {}
 
 
-def mark_capture_failed(payment_id: str, token: int, error: str) -> bool:
+def release_capture_claim(payment_id: str, token: int, error: str | None = None, *, new_key: bool = False) -> bool:
+    """capturing → authorized: the attempt ended without an outcome; a retry will claim it again
+    (under a new idempotency key with `new_key`: Stripe said the PaymentIntent is still uncaptured)."""
+    return _owned_claim(payment_id, token, S.AUTHORIZED, capture_claimed_at=None, last_capture_error=error,
+                        **_next_key(new_key))
+
+
+def mark_capture_failed(payment_id: str, token: int, error: str, *, new_key: bool = False) -> bool:
     """capturing → capture_failed: Stripe refused; visible on the dashboard, retryable by staff."""
-    return _owned_claim(payment_id, token, S.CAPTURE_FAILED, last_capture_error=error)
+    return _owned_claim(payment_id, token, S.CAPTURE_FAILED, last_capture_error=error, **_next_key(new_key))
 
 
 def release_stale_claim(payment_id: str, claimed_before: datetime, error: str) -> bool:
@@ -162,7 +168,7 @@ def begin_cancel(payment_id: str, from_status: str, *, before_deadline: bool = T
     statement = (
         update(Payment)
         .where(Payment.id == payment_id, Payment.status == from_status)
-        .values(status=S.CANCELING, updated_at=utcnow())
+        .values(status=S.CANCELING, status_before_cancel=from_status, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     if before_deadline:
@@ -230,7 +236,7 @@ def complete_refund(refund_id: str, stripe_refund_id: str) -> bool:
     """pending → succeeded for our own refund, with its OrderTransaction; False if already completed."""
     won = db.session.execute(
         update(Refund)
-        .where(Refund.id == refund_id, Refund.status == RefundStatus.PENDING)
+        .where(Refund.id == refund_id, Refund.status.in_(RefundStatus.OPEN))
         .values(status=RefundStatus.SUCCEEDED, stripe_refund_id=stripe_refund_id, last_error=None)
         .execution_options(synchronize_session=False)
     ).rowcount == 1
@@ -253,6 +259,30 @@ def add_refund_transaction(refund: Refund) -> None:
             reference_id=refund.id,
         )
     )
+
+
+def fail_refund(refund_id: str, status: str, error: str, stripe_refund_id: str | None = None) -> bool:
+    """An open or succeeded refund → failed/canceled: its amount is released; a succeeded one's ledger
+    line is reversed (Stripe can fail a refund after it succeeded). False if it was already final."""
+    refund = db.session.get(Refund, refund_id)
+    was = refund.status
+    values = {"status": status, "last_error": error}
+    if stripe_refund_id:
+        values["stripe_refund_id"] = stripe_refund_id
+    won = db.session.execute(
+        update(Refund)
+        .where(Refund.id == refund_id, Refund.status == was, Refund.status.in_((*RefundStatus.OPEN, RefundStatus.SUCCEEDED)))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    if not won:
+        return False
+    release_refund(refund.payment_id, refund.amount)
+    if was == RefundStatus.SUCCEEDED:
+        payment = db.session.get(Payment, refund.payment_id)
+        db.session.add(OrderTransaction(order_id=payment.order_id, amount=refund.amount, currency=payment.currency,
+                                        reference="refund_failed", reference_id=refund_id))
+    return True
 
 
 def release_refund(payment_id: str, amount: int) -> None:

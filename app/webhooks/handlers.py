@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from app.extensions import db
+from app.models import Cart
 from app.payments.errors import PaymentNotPlaceable
 from app.payments.placement import place_order
-from app.payments.queries import payment_for_intent
+from app.payments.queries import payment_for_intent, session_for_intent
 from app.payments.reconcile import apply_canceled, apply_captured, sync_refunds, sync_session
-from app.payments.stripe_gateway import get_gateway
+from app.payments.stripe_gateway import PaymentIntent, get_gateway
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +20,25 @@ def _object_id(event: dict) -> str:
     return event["data"]["object"]["id"]
 
 
+def is_ours(intent: PaymentIntent) -> bool:
+    """Did this engine create the PaymentIntent? (Its metadata names one of our carts, or we recorded it.)
+
+    A Stripe account may be shared with invoices, Payment Links and other apps, all of whose
+    `payment_intent.*` events reach this endpoint.
+    """
+    cart_id = intent.metadata.get("cart_id")
+    if cart_id and db.session.get(Cart, cart_id) is not None:
+        return True
+    return session_for_intent(intent.id) is not None or payment_for_intent(intent.id) is not None
+
+
 def _place_if_authorized(payment_intent_id: str) -> None:
     """The PaymentIntent as Stripe has it now decides: authorized (or already captured) → an order."""
     intent = get_gateway().retrieve_payment_intent(payment_intent_id)
+    if not is_ours(intent):
+        log.info("event about a PaymentIntent this engine did not create: ignored",
+                 extra={"payment_intent_id": intent.id})
+        return
     sync_session(intent)
     if intent.status not in ("requires_capture", "succeeded"):
         log.info("payment intent not authorized now; nothing to place", extra={"payment_intent_id": intent.id, "status": intent.status})
@@ -69,10 +87,33 @@ def on_charge_refunded(event: dict) -> None:
     sync_refunds(payment)
 
 
+def on_charge_expired(event: dict) -> None:
+    """The card's authorization ran out (`capture_before` passed): the payment and order are canceled,
+    with the reason shown to staff."""
+    payment_intent_id = event["data"]["object"].get("payment_intent")
+    payment = payment_for_intent(payment_intent_id) if payment_intent_id else None
+    if payment is None:
+        return
+    intent = get_gateway().retrieve_payment_intent(payment_intent_id)
+    if intent.status == "canceled":
+        apply_canceled(payment, intent)
+    elif intent.status != "succeeded":
+        log.error("authorization expired but the PaymentIntent is not canceled",
+                  extra={"payment_intent_id": payment_intent_id, "status": intent.status})
+
+
+def on_refund_changed(event: dict) -> None:
+    """A refund's status moved at Stripe (pending → succeeded, or → failed/canceled): ours follow it."""
+    on_charge_refunded(event)
+
+
 HANDLERS: dict[str, Callable[[dict], None]] = {
     "payment_intent.amount_capturable_updated": on_amount_capturable_updated,
     "payment_intent.succeeded": on_payment_intent_succeeded,
     "payment_intent.canceled": on_payment_intent_canceled,
     "payment_intent.payment_failed": on_payment_failed,
     "charge.refunded": on_charge_refunded,
+    "charge.expired": on_charge_expired,
+    "refund.updated": on_refund_changed,
+    "refund.failed": on_refund_changed,
 }

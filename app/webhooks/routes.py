@@ -8,9 +8,9 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app.errors import ApiError, ServiceUnavailable
 from app.payments.stripe_gateway import WebhookSignatureError, verify_webhook
-from app.webhooks.processing import ProcessingFailed, process_event, run_claimed
 from app.webhooks.handlers import HANDLERS
-from app.webhooks.store import insert_event
+from app.webhooks.processing import ProcessingFailed, process_event, run_claimed
+from app.webhooks.store import insert_event, is_processed
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -62,6 +62,11 @@ def stripe_webhook():
             processed = True
         else:  # a redelivery: finish the event unless it is done or another delivery is at it
             processed = process_event(event["id"])
+            if not processed and not is_processed(event["id"]):
+                # Another delivery holds it, or died holding it: a 2xx now would end Stripe's retries
+                # before the event is done. Stripe retries; the sweep re-runs it once its lease ends.
+                return jsonify({"error": {"code": "event_in_progress",
+                                          "message": "The event is being processed; retry later."}}), 409
     except ProcessingFailed:
         return jsonify({"error": {"code": "processing_failed", "message": "The event could not be processed; retry later."}}), 500
     return jsonify({"received": True, "duplicate": not processed})

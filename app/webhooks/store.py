@@ -6,10 +6,9 @@ import functools
 import json
 import logging
 import traceback
-
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -81,6 +80,24 @@ def claim_attempt(event_id: str) -> bool:
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
+
+
+def is_processed(event_id: str) -> bool:
+    return db.session.scalar(select(WebhookEvent.processed_at).where(WebhookEvent.id == event_id)) is not None
+
+
+def stale_unprocessed_ids(now, lease: timedelta, limit: int) -> list[str]:
+    """Events stored but not processed, and nobody at them within `lease`: failed, or their process died."""
+    return list(db.session.scalars(
+        select(WebhookEvent.id)
+        .where(
+            WebhookEvent.processed_at.is_(None),
+            or_(WebhookEvent.processing_started_at.is_(None), WebhookEvent.processing_started_at < now - lease),
+            WebhookEvent.received_at < now - lease,
+        )
+        .order_by(WebhookEvent.received_at)
+        .limit(limit)
+    ))
 
 
 def mark_processed(event_id: str) -> None:

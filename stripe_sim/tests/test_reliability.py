@@ -87,10 +87,18 @@ def test_in_flight_key_conflicts_with_409(sim: SimServer, control: SimControl) -
     assert len(sim.state.payment_intents) == 1
 
 
-def test_500_is_retried_by_stripe_and_performed_once(client: stripe.StripeClient, control: SimControl) -> None:
+def test_a_500_once_execution_began_is_stored_under_its_key_and_replayed(
+        client: stripe.StripeClient, control: SimControl) -> None:
+    """As Stripe documents: the first answer under a key is saved once the endpoint began, 500s included."""
     pi = authorize(client)
     control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/capture", "times": 1}])
-    captured = client.v1.payment_intents.capture(pi.id)
+    with pytest.raises(stripe.APIError) as first:
+        client.v1.payment_intents.capture(pi.id, options={"idempotency_key": "cap-500"})
+    assert first.value.headers.get("stripe-should-retry") == "false"  # the library does not retry it
+    with pytest.raises(stripe.APIError):  # the same key, later: the same 500, not a capture
+        client.v1.payment_intents.capture(pi.id, options={"idempotency_key": "cap-500"})
+    assert client.v1.payment_intents.retrieve(pi.id).status == "requires_capture"
+    captured = client.v1.payment_intents.capture(pi.id, options={"idempotency_key": "cap-500-next"})
     assert captured.status == "succeeded"
     ledger = control.ledger()
     assert [op["op"] for op in ledger["operations"]].count("capture") == 1
