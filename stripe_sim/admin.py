@@ -185,6 +185,13 @@ def expire(sim: SimApp, body: dict[str, Any], pi_id: str) -> dict[str, Any]:
         return sim.state.render(sim.state.expire_intent(pi_id))
 
 
+@_control("POST", "/_sim/refunds/<re_id>/fail")
+def fail_refund(sim: SimApp, body: dict[str, Any], re_id: str) -> dict[str, Any]:
+    """Make a refund fail after it succeeded (Stripe then sends refund.failed)."""
+    with sim.state.lock:
+        return sim.state.render(sim.state.fail_refund(re_id))
+
+
 @_control("GET", "/_sim/payment_intents/<pi_id>")
 def raw_intent(sim: SimApp, body: dict[str, Any], pi_id: str) -> dict[str, Any]:
     """The intent as stored, plus ``_sim``: its charges, refunds, event ids, increment settings and ledger entries."""

@@ -90,6 +90,10 @@ class SimControl:
         """Expire the authorization of a requires_capture intent."""
         return self._call("POST", f"/_sim/payment_intents/{pi_id}/expire")
 
+    def fail_refund(self, re_id: str) -> dict[str, Any]:
+        """Make a refund fail after it succeeded; Stripe sends ``refund.failed``."""
+        return self._call("POST", f"/_sim/refunds/{re_id}/fail")
+
     def payment_intent(self, pi_id: str) -> dict[str, Any]:
         """Raw simulator state for one intent."""
         return self._call("GET", f"/_sim/payment_intents/{pi_id}")

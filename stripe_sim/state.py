@@ -395,6 +395,23 @@ class SimState:
             )
         return self.cancel_intent(SIM_CONTEXT, pi_id, "automatic", op="expire")
 
+    def fail_refund(self, re_id: str) -> dict[str, Any]:
+        """Simulate a refund that fails after Stripe accepted it (the card was closed, say): the money
+        goes back to the charge, and Stripe sends `refund.failed` and `refund.updated`."""
+        refund = self.get_refund(re_id)
+        if refund["status"] in ("failed", "canceled"):
+            raise errors.unexpected_state(f"The refund is already {refund['status']}.")
+        charge = self.get_charge(refund["charge"])
+        refund["status"] = "failed"
+        refund["failure_reason"] = "expired_or_canceled_card"
+        charge["amount_refunded"] -= refund["amount"]
+        charge["refunded"] = False
+        pi = self.get_intent(refund["payment_intent"])
+        self._record("refund_failed", pi, refund["amount"], SIM_CONTEXT, refund=re_id, charge=charge["id"])
+        self._emit("refund.failed", refund, SIM_CONTEXT)
+        self._emit("refund.updated", refund, SIM_CONTEXT)
+        return refund
+
     def increment_intent(self, ctx: RequestContext, pi_id: str, amount: int, fields: dict[str, Any]) -> dict[str, Any]:
         """Incrementally authorize a higher amount on a requires_capture PaymentIntent."""
         pi = self.get_intent(pi_id)
