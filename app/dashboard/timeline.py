@@ -91,7 +91,8 @@ def build_timeline(detail: OrderDetail) -> list[Entry]:
             text += f" ({refund.stripe_refund_id})"
         if refund.last_error:
             text += f" — {refund.last_error}"
-        tone = {"succeeded": "neutral", "failed": "bad", "pending": "warn"}.get(refund.status, "neutral")
+        tone = {"succeeded": "neutral", "failed": "bad", "canceled": "bad", "pending": "warn",
+                "requires_action": "warn"}.get(refund.status, "neutral")
         entries.append(Entry(refund.created_at, "refund", f"Refund {money(refund.amount, currency)}", text,
                              refund.trace_id, tone))
 
