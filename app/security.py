@@ -1,8 +1,13 @@
-"""Security headers on every response, and CORS for the storefront API from configured origins only."""
+"""Security headers on every response, CORS for the storefront API from configured origins only, and
+a refusal of text no database can store (NUL, unpaired surrogates) wherever a request carries it."""
 
 from __future__ import annotations
 
-from flask import Flask, request
+import logging
+
+from flask import Flask, abort, request
+
+log = logging.getLogger(__name__)
 
 HTML_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -13,7 +18,31 @@ CORS_ALLOWED_HEADERS = "Content-Type, X-Request-Id"
 CORS_ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 
 
+def storable(text: str) -> bool:
+    """No NUL (PostgreSQL refuses it in text) and valid UTF-8 (no unpaired surrogates)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def init_app(app: Flask) -> None:
+    @app.before_request
+    def refuse_unstorable_text():
+        # Ids in the path, search terms, form fields: a 4xx here, never a database error later.
+        if not storable(request.path):
+            log.info("request refused: unstorable text in the path")
+            abort(404)
+        fields = list(request.args.items(multi=True))
+        if request.path.startswith("/admin") and request.method == "POST":
+            fields += list(request.form.items(multi=True))
+        if not all(storable(key) and storable(value) for key, value in fields):
+            log.info("request refused: unstorable text in a parameter")
+            abort(400)
+
     @app.after_request
     def security_headers(response):
         headers = response.headers

@@ -73,3 +73,57 @@ def test_secrets_never_reach_the_logs(app, client, sim_control, caplog):
         assert secret and secret not in text
     assert "client_secret" not in text and "_secret_" not in text
     json.loads(text.splitlines()[0])  # every line is JSON
+
+
+# --- text and shapes no database can store, and numbers no parser should try ----------------------------
+
+
+NESTED = "[" * 1500 + "]" * 1500
+
+
+@pytest.mark.parametrize("path, body, raw", [
+    ("/store/carts", None, NESTED),
+    ("/store/carts", {"email": "ada\ud800@example.com", "currency": "usd"}, None),
+    ("/store/carts", {"email": "ada\x00@example.com", "currency": "usd"}, None),
+    ("/store/carts", {"email": "ada@example.com", "currency": "usd", "x": [[[[[[[[[[[1]]]]]]]]]]]}, None),
+])
+def test_unstorable_or_absurdly_nested_bodies_are_4xx(client, path, body, raw):
+    import json as json_module
+
+    data = raw if raw is not None else json_module.dumps(body)
+    response = client.post(path, data=data, content_type="application/json")
+    assert 400 <= response.status_code < 500 and "error" in response.get_json()
+
+
+def test_a_lone_surrogate_or_nul_in_a_product_id_changes_nothing(client):
+    from tests.helpers import new_cart
+
+    cart = new_cart(client)
+    for product_id in ("prod_\ud800", "prod_\x00abc"):
+        response = client.post(f"/store/carts/{cart['id']}/line-items",
+                               data=json.dumps({"product_id": product_id, "quantity": 1}),
+                               content_type="application/json")
+        assert 400 <= response.status_code < 500
+    assert client.get(f"/store/carts/{cart['id']}").get_json()["cart"]["items"] == []
+
+
+@pytest.mark.parametrize("url", ["/store/carts/%00", "/store/orders/%00", "/store/orders/a%00b/cancel",
+                                 "/admin/orders/%00", "/admin/orders?q=%00"])
+def test_a_nul_byte_in_a_path_or_query_is_4xx(client, url):
+    method = client.post if url.endswith("/cancel") else client.get
+    assert 400 <= method(url).status_code < 500
+
+
+def test_a_5000_digit_refund_amount_is_refused_on_the_form(app, client, sim_control):
+    from app.payments.capture import capture_now
+    from tests.helpers import place_order
+    from tests.test_windows import _staff_client
+
+    order = place_order(client, sim_control)
+    with app.app_context():
+        capture_now(order["id"], actor="staff:ops@example.com")
+    staff = _staff_client(app)
+    response = staff.get(f"/admin/orders/{order['id']}/refund?amount={'9' * 5000}")
+    assert response.status_code == 302  # back to the order, with the reason flashed
+    page = staff.get(response.headers["Location"]).get_data(as_text=True)
+    assert "too large" in page

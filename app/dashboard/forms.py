@@ -44,6 +44,8 @@ def parse_amount(text: str | None, currency: str) -> int:
     if not match:
         raise AmountError(f"Enter an amount such as {'12.50' if exponent(currency) else '1250'}.")
     whole, fraction = match.group(1), match.group(2) or ""
+    if len(whole.lstrip("0")) > 18:  # beyond any amount (and beyond what int() parses from a string)
+        raise AmountError("The amount is too large.")
     places = exponent(currency)
     if len(fraction) > places:
         if places == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,6 +10,7 @@ from flask import request
 
 from app.errors import ApiError, InvalidRequest
 from app.money import is_valid_currency
+from app.security import storable
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 MAX_BODY_BYTES = 64 * 1024
@@ -24,12 +26,34 @@ def json_body(*, required: bool = True) -> dict[str, Any]:
         raise ApiError(f"The body may not exceed {MAX_BODY_BYTES} bytes.", code="payload_too_large", status=413)
     if not request.is_json:
         raise ApiError("Send the body as application/json.", code="unsupported_media_type", status=415)
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ApiError("The body is not valid JSON.", code="malformed_json", status=400)
+    try:
+        data = json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError):  # malformed, or nested deeper than the parser goes
+        raise ApiError("The body is not valid JSON.", code="malformed_json", status=400) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object.")
+    _check_shape(data)
     return data
+
+
+MAX_DEPTH = 8
+
+
+def _check_shape(value: Any, depth: int = 0) -> None:
+    """No request body of ours nests deeper than a few levels; no string carries a NUL or a lone
+    surrogate (neither can be stored: PostgreSQL refuses NUL, UTF-8 has no surrogates)."""
+    if depth > MAX_DEPTH:
+        raise InvalidRequest("The body nests too deeply.")
+    if isinstance(value, str):
+        if not storable(value):
+            raise InvalidRequest("Text may not contain NUL characters or unpaired surrogates.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_shape(key, depth + 1)
+            _check_shape(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_shape(item, depth + 1)
 
 
 def reject_unknown(data: dict[str, Any], allowed: set[str]) -> None:

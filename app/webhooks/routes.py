@@ -47,7 +47,7 @@ def stripe_webhook():
     except WebhookSignatureError as exc:
         log.warning("webhook signature rejected", extra={"reason": str(exc)})
         raise ApiError("The Stripe-Signature header is missing, invalid or too old.", code="invalid_signature", status=400) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError("The signed body is not valid JSON.", code="malformed_json", status=400) from None
 
     handled = event["type"] in HANDLERS
