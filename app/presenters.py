@@ -50,6 +50,9 @@ def cart_json(cart: Cart) -> dict:
     }
 
 
+_GRACE_OVER = (PaymentStatus.CAPTURING, PaymentStatus.CAPTURED, PaymentStatus.CAPTURE_FAILED, PaymentStatus.CANCELED)
+
+
 def payment_status(order: Order, payment: Payment | None) -> str:
     """Medusa's payment status words, derived from the payment's columns."""
     if payment is None:
@@ -74,6 +77,8 @@ def remaining_seconds(ends_at: datetime, now: datetime | None = None) -> int:
 def order_json(order: Order, payment: Payment | None = None, now: datetime | None = None) -> dict:
     payment = payment if payment is not None else payment_for_order(order.id)
     remaining = remaining_seconds(order.grace_period_ends_at, now)
+    if order.status == OrderStatus.CANCELED or (payment is not None and payment.status in _GRACE_OVER):
+        remaining = 0  # canceled, or its capture has started: no grace period is running any more
     editable = (
         remaining > 0
         and order.status == OrderStatus.PENDING

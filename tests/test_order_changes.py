@@ -251,3 +251,16 @@ def test_edit_then_cancel_then_complete_still_shows_one_order(client, sim_contro
     client.post(f"/store/orders/{order['id']}/cancel")
     again = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
     assert again["id"] == order["id"] and again["status"] == "canceled"
+
+
+def test_a_canceled_or_captured_order_has_no_grace_period_left(app, client, sim_control):
+    from app.payments.capture import capture_now
+
+    canceled = place_order(client, sim_control)
+    body = client.post(f"/store/orders/{canceled['id']}/cancel").get_json()["order"]
+    assert body["grace_period"] == {**body["grace_period"], "remaining_seconds": 0, "editable": False}
+    captured = place_order(client, sim_control)
+    with app.app_context():
+        capture_now(captured["id"], actor="staff:ops@example.com")
+    body = client.get(f"/store/orders/{captured['id']}").get_json()["order"]
+    assert body["grace_period"]["remaining_seconds"] == 0 and body["grace_period"]["editable"] is False
