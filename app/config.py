@@ -57,6 +57,7 @@ class Settings:
     grace_period_seconds: int
     fallback_capture_after_seconds: int
     fallback_sweep_interval_seconds: int
+    reconcile_interval_seconds: int
     stripe_max_network_retries: int
     stripe_timeout_seconds: int
     cors_origins: tuple[str, ...]
@@ -76,6 +77,7 @@ class Settings:
                                               "an authorization must still be valid when it ends"),
             fallback_capture_after_seconds=_int("FALLBACK_CAPTURE_AFTER_SECONDS", 3900),
             fallback_sweep_interval_seconds=_int("FALLBACK_SWEEP_INTERVAL_SECONDS", 300),
+            reconcile_interval_seconds=_int("RECONCILE_INTERVAL_SECONDS", 3600),
             stripe_max_network_retries=_int("STRIPE_MAX_NETWORK_RETRIES", 2),
             stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 20),
             cors_origins=origins,

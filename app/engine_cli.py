@@ -1,4 +1,5 @@
-"""The engine's processes and tools: `flask worker`, `flask scheduler`, `flask capture-listener`, `flask sweep`."""
+"""The engine's processes and tools: `flask worker`, `flask scheduler`, `flask capture-listener`, `flask sweep`,
+`flask reconcile`."""
 
 from __future__ import annotations
 
@@ -9,41 +10,58 @@ from datetime import datetime, timezone
 import click
 from flask import Flask, current_app
 
+from app.models.base import isoformat
+
 log = logging.getLogger(__name__)
 
 SWEEP_JOB_ID = "periodic-fallback-sweep"
+RECONCILE_JOB_ID = "periodic-reconcile"
+# Listing 30 days of events after a long outage takes many pages; an hourly run lists one hour's.
+RECONCILE_JOB_TIMEOUT = 1800
 
 
-def register_periodic_sweep(scheduler, interval: int) -> bool:
-    """Schedule the sweep under a stable id; a restart or a second scheduler never adds a second one.
+def _register_periodic(scheduler, job_id: str, func: str, interval: int, timeout: int) -> bool:
+    """Schedule `func` (a dotted path) under a stable id; a restart or a second scheduler never adds a second one.
 
     Returns True when the schedule was (re)created. An existing schedule with another interval
-    is replaced, so changing FALLBACK_SWEEP_INTERVAL_SECONDS takes effect on restart.
+    is replaced, so a changed interval setting takes effect on restart.
     """
-    from app.queues import SWEEP_JOB
-
     for job in scheduler.get_jobs():
-        if job.id == SWEEP_JOB_ID:
+        if job.id == job_id:
             if job.meta.get("interval") == interval:
                 return False
             scheduler.cancel(job)
             job.delete()
     scheduler.schedule(
         scheduled_time=datetime.now(timezone.utc),
-        func=SWEEP_JOB,
+        func=func,
         interval=interval,
         repeat=None,
-        id=SWEEP_JOB_ID,
+        id=job_id,
         queue_name="default",
-        timeout=600,
+        timeout=timeout,
         result_ttl=interval * 2,
         meta={"interval": interval},
     )
     return True
 
 
-def engine_scheduler(connection, sweep_interval: int, poll_interval: int = 5):
-    """rq-scheduler that puts the sweep back if Redis lost its schedule (a restart, a flush)."""
+def register_periodic_sweep(scheduler, interval: int) -> bool:
+    """The fallback sweep every FALLBACK_SWEEP_INTERVAL_SECONDS, under `periodic-fallback-sweep`."""
+    from app.queues import SWEEP_JOB
+
+    return _register_periodic(scheduler, SWEEP_JOB_ID, SWEEP_JOB, interval, timeout=600)
+
+
+def register_periodic_reconcile(scheduler, interval: int) -> bool:
+    """Reconciliation with Stripe's event list every RECONCILE_INTERVAL_SECONDS, under `periodic-reconcile`."""
+    from app.queues import RECONCILE_JOB
+
+    return _register_periodic(scheduler, RECONCILE_JOB_ID, RECONCILE_JOB, interval, timeout=RECONCILE_JOB_TIMEOUT)
+
+
+def engine_scheduler(connection, sweep_interval: int, reconcile_interval: int, poll_interval: int = 5):
+    """rq-scheduler that puts its periodic jobs back if Redis lost its schedule (a restart, a flush)."""
     from rq_scheduler import Scheduler
 
     class EngineScheduler(Scheduler):
@@ -52,6 +70,9 @@ def engine_scheduler(connection, sweep_interval: int, poll_interval: int = 5):
             if SWEEP_JOB_ID not in self:
                 register_periodic_sweep(self, sweep_interval)
                 log.warning("fallback sweep was not scheduled (Redis lost it?): scheduled again")
+            if RECONCILE_JOB_ID not in self:
+                register_periodic_reconcile(self, reconcile_interval)
+                log.warning("reconciliation was not scheduled (Redis lost it?): scheduled again")
             return super().enqueue_jobs()
 
     return EngineScheduler(queue_name="default", connection=connection, interval=poll_interval)
@@ -72,6 +93,17 @@ def engine_worker(queues, connection):
             super().heartbeat(timeout, pipeline)
 
     return EngineWorker(queues, connection=connection)
+
+
+def _iso_time(ctx, param, value: str | None) -> datetime | None:
+    """`2026-12-01T10:00:00Z`, `2026-12-01T12:00+02:00`, `2026-12-01`: UTC unless it names a zone."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("not an ISO 8601 time (e.g. 2026-12-01T10:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def init_app(app: Flask) -> None:
@@ -103,6 +135,25 @@ def init_app(app: Flask) -> None:
             + (f"; resolved {resolved}" if resolved else "") + ")"
         )
 
+    @app.cli.command("reconcile")
+    @click.option("--since", callback=_iso_time, default=None, metavar="ISO_TIME",
+                  help="List events created since then (UTC unless it names a zone) instead of since the last run; "
+                       "at most 30 days back.")
+    def reconcile_command(since: datetime | None) -> None:
+        """Process the Stripe events this engine never received; prints how many it found and processed."""
+        from app.payments.provider_errors import PaymentProviderError
+        from app.webhooks.reconciliation import reconcile
+
+        try:
+            result = reconcile(since)
+        except PaymentProviderError as exc:
+            # Nothing is recorded: the next run lists the same window again.
+            raise click.ClickException(f"could not list Stripe's events: {exc}") from None
+        click.echo(
+            f"found {result.found} event(s) since {isoformat(result.since)}: "
+            f"{result.new} new, {result.processed} processed, {result.failed} failed"
+        )
+
     @app.cli.command("worker")
     @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
     def worker_command(burst: bool) -> None:
@@ -116,10 +167,13 @@ def init_app(app: Flask) -> None:
     @app.cli.command("scheduler")
     @click.option("--burst", is_flag=True, help="Enqueue what is due once, then stop.")
     def scheduler_command(burst: bool) -> None:
-        """Run rq-scheduler with the periodic fallback sweep (the `scheduler` process)."""
+        """Run rq-scheduler with the periodic sweep and reconciliation (the `scheduler` process)."""
         settings = current_app.config["ENGINE"]
-        scheduler = engine_scheduler(current_app.extensions["redis"], settings.fallback_sweep_interval_seconds)
-        if register_periodic_sweep(scheduler, settings.fallback_sweep_interval_seconds):
-            log.info("fallback sweep scheduled", extra={"interval": settings.fallback_sweep_interval_seconds})
+        sweep_interval, reconcile_interval = settings.fallback_sweep_interval_seconds, settings.reconcile_interval_seconds
+        scheduler = engine_scheduler(current_app.extensions["redis"], sweep_interval, reconcile_interval)
+        if register_periodic_sweep(scheduler, sweep_interval):
+            log.info("fallback sweep scheduled", extra={"interval": sweep_interval})
+        if register_periodic_reconcile(scheduler, reconcile_interval):
+            log.info("reconciliation scheduled", extra={"interval": reconcile_interval})
         # rq-scheduler holds a lock in Redis: a second copy waits instead of enqueuing twice.
         scheduler.run(burst=burst)

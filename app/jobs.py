@@ -1,9 +1,9 @@
 """RQ job functions: ids in, exceptions out (RQ records and retries them).
 
-Enqueued by dotted path (`app.queues.CAPTURE_JOB`, `SWEEP_JOB`), so the queues module never
-imports this one. Each job runs in a fresh app context (its own database session) of the app
-the worker process runs in (`flask --app wsgi worker`), under the trace id of the request or
-event that caused it.
+Enqueued by dotted path (`app.queues.CAPTURE_JOB`, `SWEEP_JOB`, `RECONCILE_JOB`), so the queues
+module never imports this one. Each job runs in a fresh app context (its own database session) of
+the app the worker process runs in (`flask --app wsgi worker`), under the trace id of the request
+or event that caused it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from rq import get_current_job
 from app.log import trace
 from app.payments.capture import capture_order
 from app.payments.sweep import sweep
+from app.webhooks.reconciliation import reconcile
 
 
 def _job_app() -> Flask:
@@ -37,3 +38,9 @@ def sweep_job() -> dict:
     """The fallback sweep, as run by rq-scheduler."""
     with _job_app().app_context(), trace(_trace_id()):
         return sweep().as_dict()
+
+
+def reconcile_job() -> dict:
+    """Reconciliation with Stripe's event list, as run by rq-scheduler."""
+    with _job_app().app_context(), trace(_trace_id()):
+        return reconcile().as_dict()

@@ -1,7 +1,8 @@
 """RQ queues on the app's Redis, and the one way to enqueue a capture.
 
-Jobs are named by their dotted path (`CAPTURE_JOB`, `SWEEP_JOB`): RQ imports the function in the
-worker, so this module, which the use cases call, never imports the jobs that call the use cases.
+Jobs are named by their dotted path (`CAPTURE_JOB`, `SWEEP_JOB`, `RECONCILE_JOB`): RQ imports the
+function in the worker, so this module, which the use cases call, never imports the jobs that call
+the use cases.
 RQ is reached through its public API only; the listener's batched unique enqueue is this module's
 own Lua script (`UNIQUE_ENQUEUE_SCRIPT`), fed by `Job.to_dict()`.
 """
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CAPTURE_JOB = "app.jobs.capture_order_job"
 SWEEP_JOB = "app.jobs.sweep_job"
+RECONCILE_JOB = "app.jobs.reconcile_job"
 
 CAPTURE_QUEUE = "captures"
 DEFAULT_QUEUE = "default"

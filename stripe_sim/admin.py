@@ -166,6 +166,18 @@ def redeliver(sim: SimApp, body: dict[str, Any], evt_id: str) -> dict[str, Any]:
     return {"ok": True, "event": evt_id}
 
 
+@_control("POST", "/_sim/events/<evt_id>/backdate")
+def backdate_event(sim: SimApp, body: dict[str, Any], evt_id: str) -> dict[str, Any]:
+    """Move an event's ``created`` back by ``seconds``: events from days ago, for listing by date."""
+    seconds = body.get("seconds")
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0:
+        raise ControlError("seconds must be a non-negative integer")
+    with sim.state.lock:
+        event = sim.state.get_event(evt_id)
+        event["created"] -= seconds
+        return sim.state.render(event)
+
+
 @_control("POST", "/_sim/payment_intents/<pi_id>/increment_behavior")
 def increment_behavior(sim: SimApp, body: dict[str, Any], pi_id: str) -> dict[str, Any]:
     """Make future increments ``approve``, ``decline`` (optional ``decline_code``) or be ``unsupported``."""

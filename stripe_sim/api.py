@@ -129,10 +129,36 @@ def _limit(params: dict[str, Any]) -> int:
     return limit
 
 
+_CREATED_BOUNDS = {
+    "gt": lambda created, bound: created > bound,
+    "gte": lambda created, bound: created >= bound,
+    "lt": lambda created, bound: created < bound,
+    "lte": lambda created, bound: created <= bound,
+}
+
+
+def _created_filter(params: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """``created`` as Stripe takes it: an exact timestamp, or a range ``created[gte]=...&created[lt]=...``."""
+    value = params.get("created")
+    if value is None or value == "":
+        return lambda item: True
+    if not isinstance(value, dict):
+        exact = p.to_int(value, "created")
+        return lambda item: item["created"] == exact
+    unknown = set(value) - set(_CREATED_BOUNDS)
+    if unknown:
+        name = min(unknown)
+        raise p.invalid_param(f"Received unknown parameter: created[{name}]", param=f"created[{name}]",
+                              code="parameter_unknown")
+    bounds = [(_CREATED_BOUNDS[op], p.to_int(raw, f"created[{op}]")) for op, raw in value.items()]
+    return lambda item: all(test(item["created"], bound) for test, bound in bounds)
+
+
 def _list(sim: SimState, items: list[dict[str, Any]], url: str, params: dict[str, Any]) -> dict[str, Any]:
     # Tables keep insertion (creation) order, which also orders objects created in the same second.
     newest_first = list(reversed(items))
-    page = paginate(newest_first, url, _limit(params), params.get("starting_after"), params.get("ending_before"))
+    page = paginate(newest_first, url, _limit(params), params.get("starting_after"), params.get("ending_before"),
+                    keep=_created_filter(params))
     expand = [e[len("data."):] for e in p.to_expand(params.get("expand")) if e.startswith("data.")]
     page["data"] = [sim.render(item, expand) for item in page["data"]]
     return page
@@ -321,19 +347,39 @@ def retrieve_event(sim: SimState, ctx: RequestContext, params: dict[str, Any], e
     return sim.render(sim.get_event(evt_id))
 
 
+MAX_EVENT_TYPES = 20  # Stripe's limit on `types`
+
+
+def _wanted_types(params: dict[str, Any]) -> list[str]:
+    """``type`` (one name, a trailing ``*`` as wildcard) or ``types`` (up to 20 exact names); Stripe refuses both."""
+    if params.get("type") and params.get("types"):
+        raise p.invalid_param("You may pass either type or types, but not both.", param="types")
+    if params.get("type"):
+        return [p.to_string(params["type"], "type") or ""]
+    types = params.get("types")
+    if types is None or types == "":
+        return []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise p.invalid_param("Invalid array: types must be a list of strings.", param="types")
+    if len(types) > MAX_EVENT_TYPES:
+        raise p.invalid_param(f"Invalid array: types must have at most {MAX_EVENT_TYPES} elements.", param="types")
+    return types
+
+
 @route("GET", "/v1/events", _LIST_PARAMS | {"type", "types", "delivery_success"})
 def list_events(sim: SimState, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-    """List Events newest first; ``type`` accepts a trailing ``*`` wildcard."""
-    items = list(sim.events.values())
-    wanted: list[str] = []
-    if params.get("type"):
-        wanted.append(str(params["type"]))
-    if isinstance(params.get("types"), list):
-        wanted.extend(str(t) for t in params["types"])
-    if wanted:
-        items = [e for e in items if any(_type_matches(e["type"], w) for w in wanted)]
-    items.reverse()  # newest first, by creation order
-    page = paginate(items, "/v1/events", _limit(params), params.get("starting_after"), params.get("ending_before"))
+    """List Events newest first (by ``created``, then by creation order), whether or not they were delivered."""
+    wanted = _wanted_types(params)
+    in_range = _created_filter(params)
+
+    def keep(event: dict[str, Any]) -> bool:
+        return in_range(event) and (not wanted or any(_type_matches(event["type"], w) for w in wanted))
+
+    items = list(sim.events.values())[::-1]  # newest first by creation
+    # A stable sort: events of the same second keep that order; a backdated one moves back.
+    items.sort(key=lambda e: e["created"], reverse=True)
+    page = paginate(items, "/v1/events", _limit(params), params.get("starting_after"), params.get("ending_before"),
+                    keep=keep)
     page["data"] = [sim.render(e) for e in page["data"]]
     return page
 

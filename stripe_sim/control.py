@@ -79,6 +79,10 @@ class SimControl:
         """Effective operations, fault counters and request count."""
         return self._call("GET", "/_sim/ledger")
 
+    def backdate_event(self, event_id: str, seconds: int) -> dict[str, Any]:
+        """Move an event's ``created`` ``seconds`` into the past; returns the event."""
+        return self._call("POST", f"/_sim/events/{event_id}/backdate", {"seconds": seconds})
+
     def increment_behavior(self, pi_id: str, behavior: str, decline_code: str | None = None) -> dict[str, Any]:
         """Make increments on ``pi_id`` approve, decline or be unsupported."""
         body: dict[str, Any] = {"behavior": behavior}

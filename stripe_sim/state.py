@@ -6,7 +6,7 @@ import copy
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from . import cards, errors
 from .events import SIM_CONTEXT, RequestContext, build_event
@@ -612,20 +612,27 @@ def _event_mentions(event: dict[str, Any], pi_id: str) -> bool:
 
 
 def paginate(
-    items: list[dict[str, Any]], url: str, limit: int, starting_after: str | None, ending_before: str | None
+    items: list[dict[str, Any]], url: str, limit: int, starting_after: str | None, ending_before: str | None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """Build a Stripe list object from newest-first ``items`` using cursor pagination."""
+    """Build a Stripe list object from newest-first ``items`` using cursor pagination.
+
+    ``keep`` filters after the cursor is placed: as on Stripe, the cursor may name an object the
+    filters leave out (the last event of a page listed with other filters, say).
+    """
     ids = [item["id"] for item in items]
+    keep = keep or (lambda item: True)
     if starting_after:
         if starting_after not in ids:
             raise errors.missing("object", starting_after, param="starting_after")
-        window = items[ids.index(starting_after) + 1 :]
+        window = [item for item in items[ids.index(starting_after) + 1 :] if keep(item)]
         page, has_more = window[:limit], len(window) > limit
     elif ending_before:
         if ending_before not in ids:
             raise errors.missing("object", ending_before, param="ending_before")
-        window = items[: ids.index(ending_before)]
+        window = [item for item in items[: ids.index(ending_before)] if keep(item)]
         page, has_more = window[-limit:], len(window) > limit
     else:
-        page, has_more = items[:limit], len(items) > limit
+        window = [item for item in items if keep(item)]
+        page, has_more = window[:limit], len(window) > limit
     return {"object": "list", "data": page, "has_more": has_more, "url": url}

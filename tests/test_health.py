@@ -50,11 +50,15 @@ def test_secret_key_is_required_outside_debug_and_tests(monkeypatch):
 def test_engine_settings_defaults(monkeypatch):
     from app.config import Settings
 
-    for name in ("GRACE_PERIOD_SECONDS", "FALLBACK_CAPTURE_AFTER_SECONDS", "FALLBACK_SWEEP_INTERVAL_SECONDS"):
+    for name in ("GRACE_PERIOD_SECONDS", "FALLBACK_CAPTURE_AFTER_SECONDS", "FALLBACK_SWEEP_INTERVAL_SECONDS",
+                 "RECONCILE_INTERVAL_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings.from_env()
     assert (
         settings.grace_period_seconds,
         settings.fallback_capture_after_seconds,
         settings.fallback_sweep_interval_seconds,
-    ) == (3600, 3900, 300)
+        settings.reconcile_interval_seconds,
+    ) == (3600, 3900, 300, 3600)
+    monkeypatch.setenv("RECONCILE_INTERVAL_SECONDS", "900")
+    assert Settings.from_env().reconcile_interval_seconds == 900

@@ -15,6 +15,7 @@ from app.models.payment import (
     Refund,
     RefundStatus,
 )
+from app.models.reconciliation_run import ReconciliationRun
 from app.models.staff import StaffUser
 from app.models.webhook_event import WebhookEvent
 
@@ -35,6 +36,7 @@ __all__ = [
     "PaymentSessionStatus",
     "PaymentStatus",
     "Product",
+    "ReconciliationRun",
     "Refund",
     "RefundStatus",
     "StaffUser",

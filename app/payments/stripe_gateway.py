@@ -74,6 +74,14 @@ class Charge:
     refunded: bool
 
 
+@dataclass(frozen=True)
+class EventPage:
+    """One page of Stripe's event list, newest first; events as plain dicts (the webhook payload's shape)."""
+
+    events: list[dict[str, Any]]
+    has_more: bool
+
+
 def _plain(obj: Any) -> Any:
     """A StripeObject as plain dicts and lists (event payloads already are)."""
     return obj.to_dict() if hasattr(obj, "to_dict") else obj
@@ -289,6 +297,20 @@ class StripeGateway:
     def retrieve_charge(self, charge_id: str) -> Charge:
         obj = self._call("charges.retrieve", self._client.v1.charges.retrieve, charge_id)
         return charge_from(obj)
+
+    def list_events(
+        self, *, created_gte: int, types: list[str], starting_after: str | None = None, limit: int = 100
+    ) -> EventPage:
+        """One page of the events of `types` created at or after `created_gte` (unix seconds), newest first.
+
+        The next page starts after the last event of this one (`starting_after`): events created
+        meanwhile arrive at the head of the list, so paging towards older ones misses none.
+        """
+        params: dict[str, Any] = {"created": {"gte": created_gte}, "types": types, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        page = self._call("events.list", self._client.v1.events.list, params=params)
+        return EventPage(events=[_plain(event) for event in page.data], has_more=bool(page.has_more))
 
 
 class WebhookSignatureError(Exception):

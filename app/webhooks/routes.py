@@ -8,9 +8,8 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app.errors import ApiError, ServiceUnavailable
 from app.payments.stripe_gateway import WebhookSignatureError, verify_webhook
-from app.webhooks.handlers import HANDLERS
-from app.webhooks.processing import ProcessingFailed, process_event, run_claimed
-from app.webhooks.store import insert_event, is_processed
+from app.webhooks.processing import ProcessingFailed, receive_event
+from app.webhooks.store import is_processed
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -50,23 +49,14 @@ def stripe_webhook():
     except (ValueError, RecursionError):
         raise ApiError("The signed body is not valid JSON.", code="malformed_json", status=400) from None
 
-    handled = event["type"] in HANDLERS
-    inserted = insert_event(event, payload, g.get("trace_id"), handled=handled)
-    log.info("webhook event stored" if inserted else "webhook event redelivered",
-             extra={"event_id": event["id"], "event_type": event["type"]})
-    if not handled:
-        return jsonify({"received": True, "duplicate": not inserted})
     try:
-        if inserted:  # stored claimed by this delivery
-            run_claimed(event["id"], event)
-            processed = True
-        else:  # a redelivery: finish the event unless it is done or another delivery is at it
-            processed = process_event(event["id"])
-            if not processed and not is_processed(event["id"]):
-                # Another delivery holds it, or died holding it: a 2xx now would end Stripe's retries
-                # before the event is done. Stripe retries; the sweep re-runs it once its lease ends.
-                return jsonify({"error": {"code": "event_in_progress",
-                                          "message": "The event is being processed; retry later."}}), 409
+        receipt = receive_event(event, payload, g.get("trace_id"))
     except ProcessingFailed:
         return jsonify({"error": {"code": "processing_failed", "message": "The event could not be processed; retry later."}}), 500
-    return jsonify({"received": True, "duplicate": not processed})
+    if receipt.handled and not receipt.stored and not receipt.processed and not is_processed(event["id"]):
+        # Another delivery holds it, or died holding it: a 2xx now would end Stripe's retries before
+        # the event is done. Stripe retries; the sweep re-runs it once its lease has run out.
+        return jsonify({"error": {"code": "event_in_progress",
+                                  "message": "The event is being processed; retry later."}}), 409
+    duplicate = not receipt.processed if receipt.handled else not receipt.stored
+    return jsonify({"received": True, "duplicate": duplicate})
