@@ -198,7 +198,7 @@ def test_login_with_the_right_password_opens_the_dashboard(client, staff, db_ses
     assert response.status_code == 302 and response.headers["Location"] == "/admin/orders"
     with client.session_transaction() as sess:
         assert "planted" not in sess
-        assert set(sess.keys()) <= {"staff_id", "csrf_token", "_flashes"}
+        assert set(sess.keys()) <= {"staff_id", "staff_session_version", "csrf_token", "_flashes"}
         user = db_session.scalar(select(StaffUser).where(StaffUser.email == STAFF_EMAIL))
         assert sess["staff_id"] == user.id
     assert user.last_login_at is not None and user.failed_logins == 0
@@ -788,3 +788,54 @@ def test_a_stale_form_gets_a_friendly_400_page_with_the_security_headers(staff_c
     assert "Form expired" in text_of(response)
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_after_logout_a_copy_of_the_signed_in_cookie_opens_nothing(app, client, staff):
+    response = login(client)
+    cookie = re.search(r"session=([^;]+)", response.headers["Set-Cookie"]).group(1)
+    copy = app.test_client()
+    copy.set_cookie("session", cookie)  # e.g. taken from a shared computer's browser
+    assert copy.get("/admin/orders").status_code == 200
+    token = csrf_from(client.get("/admin/orders").get_data(as_text=True))
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    assert copy.get("/admin/orders").status_code == 302  # to the login page
+
+
+def test_a_new_password_ends_the_sessions_issued_before(app, client, staff):
+    from app.cli import upsert_staff
+
+    assert login(client).status_code == 302
+    with app.app_context():
+        upsert_staff(STAFF_EMAIL, "a brand new passphrase of staff")
+    assert client.get("/admin/orders").status_code == 302
+
+
+def test_concurrent_wrong_passwords_never_get_more_checks_than_the_limit(app, staff, monkeypatch):
+    import threading
+
+    from app.dashboard.auth import LOCK_AFTER_FAILURES
+    from app.models import StaffUser
+
+    checks = []
+    real_check = StaffUser.check_password
+
+    def counted(self, password):
+        checks.append(password)
+        return real_check(self, password)
+
+    monkeypatch.setattr(StaffUser, "check_password", counted)
+    barrier = threading.Barrier(12)
+
+    def guess(i: int):
+        own = app.test_client()
+        token = csrf_from(own.get("/admin/login").get_data(as_text=True))
+        barrier.wait()
+        own.post("/admin/login", data={"email": STAFF_EMAIL, "password": f"guess {i}", "csrf_token": token},
+                 environ_base={"REMOTE_ADDR": f"10.0.0.{i}"})
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(checks) <= LOCK_AFTER_FAILURES

