@@ -1,8 +1,10 @@
 """The chaos run's short mode (`bench/chaos.py --short`) as one test of `make test`.
 
 It starts real processes (gunicorn, two workers, two listeners, the scheduler, Redis, the Stripe
-simulator), kills some of them, restarts Redis, and checks the simulator's ledger against the
-database; see docs/reliability.md. On PostgreSQL it uses the database `chaos` on the server of
+simulator), kills some of them (gunicorn's workers mid-webhook and mid-refund, the whole web process
+for a few seconds), restarts Redis, has staff refund orders while refund calls fail, and checks the
+simulator's ledger against the database (captures, voids, refunds; every payment, refund and stored
+event final); see docs/reliability.md. On PostgreSQL it uses the database `chaos` on the server of
 `DATABASE_URL` (never `test`); otherwise a fresh SQLite file. Every process it started is ended
 afterwards, also when it fails or hangs: the run gets its own process group, and whatever is left
 in that group is killed by its id.
@@ -86,3 +88,5 @@ def test_chaos_run_short_mode_exits_0(tmp_path):
     figures = json.loads(result_file.read_text())["figures"]
     assert figures["orders"] >= 60 and figures["captures"] > 0
     assert figures["faults_injected"], "the simulator injected no faults"
+    assert figures["refunds_at_stripe"] > 0, "no refund was made"
+    assert len(figures["web_kills"]) >= 3, "the web process was not killed as planned"

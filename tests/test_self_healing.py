@@ -299,3 +299,94 @@ def test_s8_an_expired_authorization_cancels_the_order_visibly(app, client, sim_
     assert body["status"] == "canceled" and body["payment_status"] == "canceled"
     db_session.expire_all()
     assert db_session.query(Payment).one().cancellation_reason == "automatic"
+
+
+# --- found by the chaos run (docs/reliability.md, F8–F12) ---------------------------------------------------
+
+
+def test_f8_a_dead_deliverys_lease_is_stuck_operation_seconds_for_redeliveries_too(
+        app, client, sim_control, settings, db_session):
+    from app.models import Order, WebhookEvent
+    from app.webhooks.store import insert_event
+
+    settings(stuck_operation_seconds=5)
+    _, intent = paid_cart(client, sim_control)
+    event = event_for("payment_intent.amount_capturable_updated", intent["id"])
+    with app.app_context():
+        insert_event(event, json.dumps(event).encode(), None, handled=True)  # then the process died
+    _age(app, WebhookEvent, hours=10 / 3600, columns=["received_at", "processing_started_at"])
+    assert signed_delivery(client, event).status_code == 200  # past the lease: this delivery finishes it
+    assert db_session.query(Order).count() == 1
+
+
+def test_f9_a_refund_answered_with_a_500_stripe_stored_is_made_under_a_new_key(app, client, sim_control):
+    from app.models import Refund
+    from app.payments.errors import ProviderUnavailable
+    from app.payments.refunds import refund_order
+
+    order = _captured_order(app, client, sim_control)
+    sim_control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/refunds", "times": 1}])
+    with app.app_context(), pytest.raises(ProviderUnavailable):
+        refund_order(order["id"], 700, actor="staff:ops@example.com")
+    _age(app, Refund, columns=["created_at"])
+    _sweep(app)  # Stripe replays the 500 under the first key for 24 h; the sweep's attempt uses the next
+    assert [op["amount"] for op in _ledger(sim_control, "refund")] == [700]
+    assert _order(client, order["id"])["payment_status"] == "partially_refunded"
+
+
+def test_f10_a_second_authorization_whose_void_got_a_stored_500_is_voided_on_the_next_delivery(
+        app, client, sim, sim_control):
+    cart, _ = paid_cart(client, sim_control)
+    client.post(f"/store/carts/{cart['id']}/complete")
+    second = stripe_client(sim.url).v1.payment_intents.create(params={
+        "amount": cart["total"], "currency": "usd", "capture_method": "manual", "metadata": {"cart_id": cart["id"]}})
+    sim_control.confirm(second.id)  # the customer paid twice
+    sim_control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/cancel", "times": 1}])
+    event = event_for("payment_intent.amount_capturable_updated", second.id)
+    assert signed_delivery(client, event).status_code == 500  # Stripe will redeliver
+    assert signed_delivery(client, event).status_code == 200
+    assert stripe_intent(sim.url, second.id)["status"] == "canceled"
+
+
+def test_f11_a_checkout_whose_payment_intent_creation_got_a_stored_500_works_on_the_next_try(client, sim_control):
+    from tests.helpers import filled_cart
+
+    cart = filled_cart(client)
+    sim_control.set_faults(script=[{"fault": "500", "method": "POST", "path_contains": "/v1/payment_intents",
+                                    "times": 1}])
+    assert client.post(f"/store/carts/{cart['id']}/payment-intent").status_code == 503
+    retry = client.post(f"/store/carts/{cart['id']}/payment-intent")
+    assert retry.status_code == 200 and retry.get_json()["payment_intent"]["amount"] == cart["total"]
+
+
+def test_f12_a_full_refund_posted_twice_at_once_tells_both_posts_it_was_refunded(
+        app, client, sim_control, monkeypatch):
+    import threading
+
+    from app.payments import refunds
+    from app.payments.refunds import refund_order
+
+    order = _captured_order(app, client, sim_control)
+    barrier, results = threading.Barrier(2), []
+    real_id_for = refunds.refund_id_for
+
+    def both_posts_arrive_before_either_writes(order_id, token):
+        barrier.wait(10)
+        return real_id_for(order_id, token)
+
+    monkeypatch.setattr(refunds, "refund_id_for", both_posts_arrive_before_either_writes)
+
+    def post():
+        with app.app_context():
+            try:
+                results.append(refund_order(order["id"], None, actor="staff", request_token="t" * 24).status)
+            except Exception as exc:  # noqa: BLE001 (the assertion below names it)
+                results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["succeeded", "succeeded"]
+    assert len(_ledger(sim_control, "refund")) == 1

@@ -21,6 +21,9 @@ class Cart(db.Model):
     # The PaymentIntent the storefront is currently paying with (see PaymentSession for all of them).
     payment_intent_id: Mapped[str | None] = mapped_column(String(255), default=None)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # PaymentIntent creations Stripe answered with an error (stored under their key for 24 h): part
+    # of the next key's generation, so a checkout is not refused for a day after one Stripe 500.
+    failed_payment_intent_creates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

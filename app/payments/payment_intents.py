@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.carts import lock_open_cart
@@ -13,7 +14,7 @@ from app.db_tx import write_transaction
 from app.extensions import db
 from app.models import Cart, PaymentCollection, PaymentSession, PaymentSessionStatus
 from app.payments.errors import CartCompleted, CartEmpty, PaymentIntentUnavailable
-from app.payments.provider_errors import ProviderRefused
+from app.payments.provider_errors import ProviderOutcomeUnknown, ProviderRefused
 from app.payments.queries import require_cart, session_for_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 
@@ -102,7 +103,9 @@ def _cancel_stale(intent_id: str) -> None:
         return
     if intent.status in _CANCELABLE:
         try:
-            gateway.cancel_payment_intent(intent_id, idempotency_key=f"cancel-stale:{intent_id}", reason="abandoned")
+            # A key per attempt (Stripe voids once; a fixed key would replay a stored error for 24 h).
+            gateway.cancel_payment_intent(intent_id, idempotency_key=f"cancel-stale:{intent_id}:{secrets.token_hex(6)}",
+                                          reason="abandoned")
             log.info("stale payment intent canceled", extra={"payment_intent_id": intent_id})
         except ProviderRefused as exc:
             # It moved on meanwhile (e.g. canceled already); the next retrieve tells the truth.
@@ -140,6 +143,16 @@ def ensure_payment_intent(cart_id: str) -> PaymentIntent:
     raise PaymentIntentUnavailable("Could not obtain a usable PaymentIntent; try again.")
 
 
+def _count_failed_create(cart_id: str) -> None:
+    with write_transaction() as session:
+        session.execute(
+            update(Cart)
+            .where(Cart.id == cart_id)
+            .values(failed_payment_intent_creates=Cart.failed_payment_intent_creates + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def _create_for_generation(cart_id: str, amount: int, currency: str) -> PaymentIntent:
     """Create (or, on a retry, get back) the PaymentIntent of this cart, amount and generation."""
     # Deterministic: a retried request computes the same generation and so the same key.
@@ -153,7 +166,17 @@ def _create_for_generation(cart_id: str, amount: int, currency: str) -> PaymentI
             PaymentSession.status == PaymentSessionStatus.CANCELED,
         )
     )
-    key = payment_intent_idempotency_key(cart_id, amount, currency, canceled_before or 0)
-    intent = get_gateway().create_payment_intent(amount=amount, currency=currency, cart_id=cart_id, idempotency_key=key)
+    failed_before = db.session.scalar(select(Cart.failed_payment_intent_creates).where(Cart.id == cart_id)) or 0
+    key = payment_intent_idempotency_key(cart_id, amount, currency, (canceled_before or 0) + failed_before)
+    try:
+        intent = get_gateway().create_payment_intent(amount=amount, currency=currency, cart_id=cart_id,
+                                                     idempotency_key=key)
+    except ProviderOutcomeUnknown as exc:
+        if exc.http_status and exc.http_status >= 500:
+            # Stripe answered with an error it stores under the key for 24 hours: without a new
+            # generation every retry of this checkout would get that error back. (Whatever the failed
+            # attempt may have left at Stripe was never given to the customer: nothing can pay it.)
+            _count_failed_create(cart_id)
+        raise
     _record_session(cart_id, intent, key)
     return intent

@@ -14,6 +14,7 @@ check is made on the very items the order copies.
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
@@ -63,12 +64,16 @@ def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
     refunded in full instead, under a key that names it, and the cart's payment record says why.
     """
     gateway = get_gateway()
+    # A key per attempt, not per PaymentIntent: an error Stripe stored under a fixed key would be
+    # replayed to every later attempt for 24 hours. Safe to repeat: Stripe voids a PaymentIntent
+    # once, and refunds at most what it captured (a second full refund is refused).
+    attempt = secrets.token_hex(6)
     if intent.status == "succeeded":
         log.warning("refunding a captured payment that cannot become an order",
                     extra={"payment_intent_id": intent.id, "why": why})
         try:
             gateway.create_refund(payment_intent_id=intent.id, amount=intent.amount_received,
-                                  idempotency_key=f"refund-unplaceable:{intent.id}",
+                                  idempotency_key=f"refund-unplaceable:{intent.id}:{attempt}",
                                   metadata={"reason": "cannot become an order"})
             why = f"{why}; it was already captured and was refunded in full"
         except ProviderRefused as exc:  # refunded already (by hand, or an earlier delivery)
@@ -76,7 +81,8 @@ def _void_unplaceable(intent: PaymentIntent, why: str) -> None:
     else:
         log.warning("voiding authorization that cannot become an order", extra={"payment_intent_id": intent.id, "why": why})
         try:
-            gateway.cancel_payment_intent(intent.id, idempotency_key=f"void-unplaceable:{intent.id}", reason="duplicate")
+            gateway.cancel_payment_intent(intent.id, idempotency_key=f"void-unplaceable:{intent.id}:{attempt}",
+                                          reason="duplicate")
         except ProviderRefused as exc:
             log.warning("void refused by Stripe", extra={"payment_intent_id": intent.id, "error": exc.message})
     with write_transaction():

@@ -43,6 +43,10 @@ from app.payments.stripe_gateway import get_gateway
 log = logging.getLogger(__name__)
 
 
+class _SameRequest(Exception):
+    """This confirmation's refund was written by its other, concurrent post."""
+
+
 def refund_id_for(order_id: str, request_token: str | None) -> str:
     """The refund's id: derived from the request's one-time token (the same on a resubmit), else new."""
     if not request_token:
@@ -70,6 +74,8 @@ def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str |
     try:
         with write_transaction() as session:
             if not transitions.reserve_refund(payment.id, amount):
+                if request_token and session.get(Refund, refund_id) is not None:
+                    raise _SameRequest()  # the other post of this confirmation reserved it a moment ago
                 raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
             session.add(
                 Refund(
@@ -84,7 +90,7 @@ def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str |
                     trace_id=current_trace_id(),
                 )
             )
-    except IntegrityError:
+    except (IntegrityError, _SameRequest):
         # A double click: the other request wrote this refund first (its reservation, not ours, stands).
         db.session.rollback()
         return _finish(db.session.get(Refund, refund_id))
@@ -108,14 +114,45 @@ def _finish(refund: Refund) -> Refund:
         raise RefundRefused(f"Stripe refused the refund: {exc.message}") from exc
     except PaymentProviderError as exc:
         # The outcome is unknown: the reservation stays; the sweep (or `charge.refunded`) completes it.
+        renew_key = False
+        if exc.http_status and exc.http_status >= 500:
+            # Stripe answered, so that attempt is over, and may have stored its error under the key
+            # for 24 hours. If no refund of ours exists at Stripe, the next attempt needs a new key
+            # (never after a timeout: that attempt may still be running and would refund twice).
+            at_stripe = _find_at_stripe(refund, payment)
+            if at_stripe is not None:
+                apply_stripe_refund(refund.id, at_stripe)
+                db.session.expire_all()
+                return db.session.get(Refund, refund.id)
+            renew_key = True
         with write_transaction() as session:
-            session.get(Refund, refund.id).last_error = exc.message[:1000]
+            row = session.get(Refund, refund.id)
+            row.last_error = exc.message[:1000]
+            if renew_key:
+                row.idempotency_key = _next_key(row)
         raise ProviderUnavailable("Stripe did not answer; the refund is pending and will be reconciled.") from exc
     apply_stripe_refund(refund.id, stripe_refund)
     log.info("refund created", extra={"order_id": payment.order_id, "refund_id": refund.id, "amount": refund.amount,
                                       "status": stripe_refund.status, "actor": refund.created_by})
     db.session.expire_all()
     return db.session.get(Refund, refund.id)
+
+
+def _find_at_stripe(refund: Refund, payment: Payment) -> StripeRefund | None:
+    """Our refund as Stripe has it (by the `refund_id` in its metadata, or its id), or None."""
+    return next(
+        (r for r in get_gateway().list_refunds(payment.stripe_payment_intent_id)
+         if r.metadata.get("refund_id") == refund.id or r.id == refund.stripe_refund_id),
+        None,
+    )
+
+
+def _next_key(refund: Refund) -> str:
+    """`refund:{id}` → `refund:{id}:1` → `refund:{id}:2`: one key per finished attempt."""
+    base = f"refund:{refund.id}"
+    current = refund.idempotency_key or base
+    attempt = int(current.rsplit(":", 1)[1]) if current.count(":") >= 2 else 0
+    return f"{base}:{attempt + 1}"
 
 
 def apply_stripe_refund(refund_id: str, stripe_refund: StripeRefund) -> None:
@@ -150,11 +187,7 @@ def resolve_stuck_refunds(now: datetime, stuck_after: timedelta) -> int:
     for refund in stuck:
         payment = db.session.get(Payment, refund.payment_id)
         try:
-            at_stripe = next(
-                (r for r in get_gateway().list_refunds(payment.stripe_payment_intent_id)
-                 if r.metadata.get("refund_id") == refund.id or r.id == refund.stripe_refund_id),
-                None,
-            )
+            at_stripe = _find_at_stripe(refund, payment)
             if at_stripe is not None:
                 apply_stripe_refund(refund.id, at_stripe)
             else:

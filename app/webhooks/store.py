@@ -8,6 +8,7 @@ import logging
 import traceback
 from datetime import timedelta
 
+from flask import current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -20,8 +21,10 @@ from app.models.base import utcnow
 log = logging.getLogger(__name__)
 
 
-# A delivery that died mid-processing (killed worker) stops blocking redeliveries after this long.
-PROCESSING_LEASE = timedelta(seconds=120)
+def processing_lease() -> timedelta:
+    """How long a delivery holds an event: after this (STUCK_OPERATION_SECONDS) one that died
+    mid-processing stops blocking redeliveries, and the sweep re-runs it (the same lease for both)."""
+    return timedelta(seconds=current_app.config["ENGINE"].stuck_operation_seconds)
 
 
 @functools.cache
@@ -73,7 +76,7 @@ def claim_attempt(event_id: str) -> bool:
                 WebhookEvent.processed_at.is_(None),
                 or_(
                     WebhookEvent.processing_started_at.is_(None),
-                    WebhookEvent.processing_started_at < now - PROCESSING_LEASE,
+                    WebhookEvent.processing_started_at < now - processing_lease(),
                 ),
             )
             .values(attempts=WebhookEvent.attempts + 1, processing_started_at=now)
