@@ -69,17 +69,26 @@ def keyset_batches(column, *where):
         after = (rows[-1][0], rows[-1][1])
 
 
+def stuck_capture_after() -> timedelta:
+    """A claim is recovered after STUCK_OPERATION_SECONDS or its job's timeout (+ margin), whichever is
+    shorter. Recovering a live claim is safe: the retry uses the same key, and the fencing token makes
+    the first job's late release or failure a no-op."""
+    stuck = timedelta(seconds=current_app.config["ENGINE"].stuck_operation_seconds)
+    return min(STUCK_CAPTURE_AFTER, stuck)
+
+
 def recover_stuck_captures(now: datetime) -> int:
     recovered = 0
+    claimed_before = now - stuck_capture_after()
     for rows in keyset_batches(
         Payment.capture_claimed_at,
         Payment.status == PaymentStatus.CAPTURING,
-        Payment.capture_claimed_at < now - STUCK_CAPTURE_AFTER,
+        Payment.capture_claimed_at < claimed_before,
     ):
         for _, payment_id, order_id in rows:
             with write_transaction():
                 released = transitions.release_stale_claim(
-                    payment_id, now - STUCK_CAPTURE_AFTER, error="recovered from a stale capture claim")
+                    payment_id, claimed_before, error="recovered from a stale capture claim")
             if released:
                 recovered += 1
                 log.warning("released stale capture claim", extra={"payment_id": payment_id, "order_id": order_id})
