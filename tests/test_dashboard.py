@@ -593,8 +593,10 @@ def test_full_refund_prefills_what_is_left(staff_client, client, sim_control, db
 def test_refund_of_more_than_captured_is_refused_with_a_message(staff_client, client, sim_control, db_session):
     order = place_order(client, sim_control)
     act(staff_client, order["id"], "capture")
-    page = text_of(act(staff_client, order["id"], "refund", amount="1000.00"))
-    assert "The refund exceeds what was captured and not yet refunded." in flash_messages(page)
+    confirm = staff_client.get(f"/admin/orders/{order['id']}/refund?amount=1000.00")
+    assert confirm.status_code == 302  # refused on the form, before any confirmation
+    page = text_of(staff_client.get(confirm.headers["Location"]))
+    assert [m for m in flash_messages(page) if m.startswith("Refund not made: at most")]
     assert _payment_of(db_session, order["id"]).refunded_amount == 0
     assert not [op for op in sim_control.ledger()["operations"] if op["op"] == "refund"]
 
@@ -719,7 +721,7 @@ def test_operations_panel_shows_each_figure_with_its_level(app, staff_client, db
     assert check_on(page, "failed_jobs") == ("warn", "1")
     assert check_on(page, "sweep")[0] == "ok"
     assert check_on(page, "overdue") == ("warn", "1")
-    assert check_on(page, "capture_failed") == ("warn", "1")
+    assert check_on(page, "capture_failed") == ("bad", "1")  # red: money is not being collected
     assert check_on(page, "failed_webhooks") == ("warn", "1")
     # The list page carries the same figures in compact form.
     summary = text_of(staff_client.get("/admin/orders"))
@@ -839,3 +841,33 @@ def test_concurrent_wrong_passwords_never_get_more_checks_than_the_limit(app, st
     for thread in threads:
         thread.join()
     assert len(checks) <= LOCK_AFTER_FAILURES
+
+
+def test_a_refund_above_what_can_be_refunded_is_refused_before_the_confirmation(app, staff_client, client,
+                                                                                  sim_control):
+    from app.payments.capture import capture_now
+
+    order = place_order(client, sim_control)
+    with app.app_context():
+        capture_now(order["id"], actor="staff:ops@example.com")
+    response = staff_client.get(f"/admin/orders/{order['id']}/refund?amount=100000.00")
+    assert response.status_code == 302  # back to the order: no "Yes, refund" button to press
+    page = text_of(staff_client.get(response.headers["Location"]))
+    assert "Refund not made: at most" in page
+
+
+def test_a_failed_capture_is_red_on_the_operations_panel_and_links_to_its_orders(app, staff_client, client,
+                                                                                sim_control):
+    from app.payments.capture import capture_now
+
+    order = place_order(client, sim_control)
+    sim_control.set_faults(script=[{"fault": "card_declined", "method": "POST", "path_contains": "/capture",
+                                    "times": 1}])
+    with app.app_context():
+        capture_now(order["id"], actor="staff:ops@example.com")
+    page = staff_client.get("/admin/operations").get_data(as_text=True)
+    card = re.search(r'<li class="check card level-(\w+)" data-check="capture_failed">(.*?)</li>', page, re.S)
+    assert card.group(1) == "bad"
+    link = html.unescape(re.search(r'href="([^"]+)"', card.group(2)).group(1))
+    assert order["id"] in staff_client.get(link).get_data(as_text=True)
+    assert ".py" not in page  # no source file names on pages

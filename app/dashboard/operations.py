@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
-from flask import current_app
+from flask import current_app, url_for
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry
 from sqlalchemy import func, select
@@ -43,8 +43,8 @@ THRESHOLDS = {
     "sweep_age_intervals": (2, 4),
     # Authorized and past the deadline by more than OVERDUE_AFTER: the expiry path missed them.
     "overdue_payments": (1, 10),
-    # Stripe refused the capture: staff must retry or cancel.
-    "capture_failed": (1, 10),
+    # Stripe refused the capture: money is not being collected; staff must retry or cancel (red at once).
+    "capture_failed": (1, 1),
     # Webhook events whose processing failed and has not succeeded since.
     "failed_webhooks": (1, 10),
     # Uncaptured authorizations the card will drop within EXPIRY_WARNING (Stripe's `capture_before`).
@@ -73,6 +73,8 @@ class Check:
     value: str  # the number, as shown
     level: str
     detail: str = ""
+    link: str = ""  # where staff act on it (the orders it is about)
+    link_text: str = ""
 
     @property
     def level_text(self) -> str:
@@ -225,7 +227,9 @@ def operations_checks(now: datetime) -> list[Check]:
     )
     checks.append(
         Check("capture_failed", "Capture failed", str(capture_failed), level_for("capture_failed", capture_failed),
-              "payments Stripe refused to capture")
+              "payments Stripe refused to capture",
+              link=url_for("dashboard.orders", capture_status="failed") if capture_failed else "",
+              link_text="Show these orders")
     )
     checks.append(
         Check("failed_webhooks", "Failed webhook events", str(failed_webhooks),

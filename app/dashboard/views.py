@@ -231,6 +231,12 @@ def order_action(order_id: str, action: str):
         except AmountError as exc:
             flash(f"Refund not made: {exc}", "error")
             return back
+        captured = detail.payment is not None and detail.payment.status == PaymentStatus.CAPTURED
+        refundable = detail.payment.refundable_amount if captured else 0
+        if request.method == "GET" and captured and amount > refundable:
+            # Refused on the form, before a confirmation that could only fail (the domain checks again).
+            flash(f"Refund not made: at most {money(refundable, detail.order.currency)} can be refunded.", "error")
+            return back
 
     if request.method == "GET" or request.form.get("confirmed") != "yes":
         return render_template(
