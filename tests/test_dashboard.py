@@ -871,3 +871,22 @@ def test_a_failed_capture_is_red_on_the_operations_panel_and_links_to_its_orders
     link = html.unescape(re.search(r'href="([^"]+)"', card.group(2)).group(1))
     assert order["id"] in staff_client.get(link).get_data(as_text=True)
     assert ".py" not in page  # no source file names on pages
+
+
+def test_the_order_page_says_what_happens_to_the_money_next(app, staff_client, client, sim_control):
+    from app.payments.capture import capture_now
+
+    order = place_order(client, sim_control)
+    products = [item["product_id"] for item in order["items"]]
+    edit = client.post(f"/store/orders/{order['id']}/edits", json={"items": [{"product_id": products[0], "quantity": 1}]})
+    total = edit.get_json()["order"]["total"]
+    page = text_of(staff_client.get(f"/admin/orders/{order['id']}"))
+    step = re.search(r'data-next-step>([^<]+)<', page).group(1)
+    released = order["total"] - total
+    assert step.startswith(f"Will capture {total // 100}.{total % 100:02d} USD at ") and re.search(r"\(in \d+ min\)", step)
+    assert f"{released // 100}.{released % 100:02d} USD of the authorization will be released" in step
+    with app.app_context():
+        capture_now(order["id"], actor="staff:ops@example.com")
+    page = text_of(staff_client.get(f"/admin/orders/{order['id']}"))
+    step = re.search(r'data-next-step>([^<]+)<', page).group(1)
+    assert step.startswith(f"Captured {total // 100}.{total % 100:02d} USD;") and "was released" in step

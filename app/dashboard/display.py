@@ -134,6 +134,36 @@ def countdown(order: Order, payment: Payment | None, now: datetime | None = None
     return Countdown(ends_at, "canceled", "canceled", f"Canceled {utc_text(payment.canceled_at)}")
 
 
+def next_step(order: Order, payment: Payment | None, now: datetime | None = None) -> str:
+    """One sentence: what happens to the money next, or what happened to it."""
+    now = now or utcnow()
+    cur = order.currency
+    if payment is None:
+        return "Not paid: nothing is authorized."
+    status = payment.status
+    if status == PaymentStatus.AUTHORIZED:
+        release = payment.amount - order.total
+        when = payment.capture_due_at
+        text = (f"Will capture {money(order.total, cur)} at {when.astimezone(timezone.utc).strftime('%H:%M UTC')}"
+                f" ({relative_text(when, now)})" if when > now else f"Capture of {money(order.total, cur)} is due now")
+        if release > 0:
+            text += f"; {money(release, cur)} of the authorization will be released"
+        return text + "."
+    if status == PaymentStatus.CAPTURING:
+        return f"Capturing {money(order.total, cur)} now."
+    if status == PaymentStatus.CAPTURED:
+        text = f"Captured {money(payment.captured_amount, cur)}"
+        if payment.capture_shortfall:
+            return text + f", {money(payment.capture_shortfall, cur)} less than the order's total: not collected."
+        released = payment.amount - payment.captured_amount
+        return text + (f"; {money(released, cur)} of the authorization was released." if released > 0 else ".")
+    if status == PaymentStatus.CAPTURE_FAILED:
+        return f"Stripe refused to capture {money(order.total, cur)}: retry the capture or cancel the order."
+    if status == PaymentStatus.CANCELING:
+        return "Being canceled: Stripe is voiding the authorization."
+    return f"Canceled: the authorization of {money(payment.amount, cur)} was released."
+
+
 def money(amount: int | None, currency: str) -> str:
     return "—" if amount is None else format_amount(amount, currency)
 

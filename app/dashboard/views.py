@@ -11,7 +11,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from app.dashboard.auth import authenticate, current_staff, end_session, safe_next_url, start_session
-from app.dashboard.display import countdown, init_template_helpers, money
+from app.dashboard.display import countdown, init_template_helpers, money, next_step
 from app.dashboard.forms import (
     CAPTURE_STATUSES,
     PAYMENT_STATUSES,
@@ -204,6 +204,7 @@ def order(order_id: str):
         order=detail.order,
         payment=detail.payment,
         countdown=countdown(detail.order, detail.payment, now),
+        next_step=next_step(detail.order, detail.payment, now),
         payment_status_word=payment_status(detail.order, detail.payment),
         capture_status_word=capture_status(detail.payment) if detail.payment else "none",
         timeline=build_timeline(detail),
