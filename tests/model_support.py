@@ -275,7 +275,8 @@ class DuringStatement:
     time passing) runs in its own thread with its own app context and connection, as another
     process would. We wait for it up to `wait` seconds: if it blocks on a lock this operation
     holds, this operation continues and the action finishes after it (what the database would
-    do with two processes). If the operation runs fewer statements, the action runs after it.
+    do with two processes). On SQLite a write transaction holds the database's write lock, so
+    inside one we do not wait at all. If the operation runs fewer statements, the action runs after it.
     """
 
     WRITES = ("INSERT", "UPDATE", "DELETE", "BEGIN IMMEDIATE")
@@ -291,6 +292,7 @@ class DuringStatement:
         self.error: BaseException | None = None
         self.waited_out = False
         self.owner = threading.get_ident()
+        self.write_locked = False  # SQLite: this thread is inside BEGIN IMMEDIATE ... COMMIT
 
     def _run(self) -> None:
         try:
@@ -301,7 +303,7 @@ class DuringStatement:
     def _fire(self) -> None:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        self.thread.join(self.wait)
+        self.thread.join(0 if self.write_locked else self.wait)
         self.waited_out = self.thread.is_alive()  # blocked, most likely on a lock this operation holds
 
     def _on_statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
@@ -315,12 +317,30 @@ class DuringStatement:
             self.fired_at = f"{self.kind} {self.count} ({' '.join(words)})"
             self._fire()
 
+    def _after_statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if threading.get_ident() == self.owner and statement.lstrip().upper().startswith("BEGIN IMMEDIATE"):
+            self.write_locked = True
+
+    def _transaction_ended(self, conn) -> None:
+        if threading.get_ident() == self.owner:
+            self.write_locked = False
+
+    def _listeners(self):
+        return [
+            ("before_cursor_execute", self._on_statement),
+            ("after_cursor_execute", self._after_statement),
+            ("commit", self._transaction_ended),
+            ("rollback", self._transaction_ended),
+        ]
+
     def __enter__(self) -> Self:
-        event.listen(self.engine, "before_cursor_execute", self._on_statement)
+        for name, fn in self._listeners():
+            event.listen(self.engine, name, fn)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._on_statement)
+        for name, fn in self._listeners():
+            event.remove(self.engine, name, fn)
         if self.thread is None:
             self._fire()
         self.thread.join(60)

@@ -385,7 +385,7 @@ def test_filters(staff_client, orders_in_every_state, query, expected):
 
 def test_needs_attention_rows_say_why(staff_client, orders_in_every_state):
     page = text_of(staff_client.get("/admin/orders?show=attention"))
-    for reason in ("capture overdue", "capture failed", "capture stuck", "authorization canceled (automatic)"):
+    for reason in ("capture overdue", "capture failed", "capture stuck", "authorization expired before capture"):
         assert reason in page
 
 

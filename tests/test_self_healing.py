@@ -299,6 +299,10 @@ def test_s8_an_expired_authorization_cancels_the_order_visibly(app, client, sim_
     assert body["status"] == "canceled" and body["payment_status"] == "canceled"
     db_session.expire_all()
     assert db_session.query(Payment).one().cancellation_reason == "automatic"
+    from tests.test_windows import _staff_client
+
+    page = _staff_client(app).get(f"/admin/orders/{order['id']}").get_data(as_text=True)
+    assert "expired before it was captured" in page
 
 
 # --- found by the chaos run (docs/reliability.md, F8–F12) ---------------------------------------------------

@@ -161,6 +161,8 @@ def next_step(order: Order, payment: Payment | None, now: datetime | None = None
         return f"Stripe refused to capture {money(order.total, cur)}: retry the capture or cancel the order."
     if status == PaymentStatus.CANCELING:
         return "Being canceled: Stripe is voiding the authorization."
+    if payment.cancellation_reason == "automatic":
+        return f"The authorization of {money(payment.amount, cur)} expired before it was captured: nothing was collected."
     return f"Canceled: the authorization of {money(payment.amount, cur)} was released."
 
 

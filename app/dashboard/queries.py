@@ -125,6 +125,8 @@ def attention_reason(payment: Payment | None, now: datetime) -> str | None:
     if payment.status == S.CANCELED:
         reason = payment.cancellation_reason
         if reason is None or not (reason.startswith(_OWN_CANCEL_REASON_PREFIX) or reason == _OWN_CANCEL_STRIPE_REASON):
+            if reason == "automatic":  # Stripe's word for an authorization that ran out (`capture_before`)
+                return "authorization expired before capture"
             return f"authorization canceled ({reason or 'at Stripe'})"
     return None
 
