@@ -248,6 +248,26 @@ def end_grace_period(app, order_id: str, *, past_fallback: bool = False) -> date
     return moment if changed else None
 
 
+def stuck_operations_time_out(app, order_ids: list[str]) -> None:
+    """Time passes past STUCK_OPERATION_SECONDS for this example's operations left in flight (a cancel
+    Stripe could not confirm, a pending refund), so the sweep's janitors, which ask Stripe, take them."""
+    m = _models()
+    payments, refunds = m.Payment.__table__, m.Refund.__table__
+    long_ago = utcnow() - timedelta(seconds=app.config["ENGINE"].stuck_operation_seconds + 60)
+    with _engine(app).begin() as conn:
+        conn.execute(
+            update(payments)
+            .where(payments.c.order_id.in_(order_ids), payments.c.status == "canceling")
+            .values(updated_at=long_ago)
+        )
+        conn.execute(
+            update(refunds)
+            .where(refunds.c.payment_id.in_(select(payments.c.id).where(payments.c.order_id.in_(order_ids))),
+                   refunds.c.status.in_(("pending", "requires_action")))
+            .values(created_at=long_ago)
+        )
+
+
 def quarantine(app, order_ids: list[str]) -> None:
     """After an example: its open payments are closed in the database so that no later sweep,
     queued job or capture in another example touches them (the simulator forgets their intents)."""

@@ -79,6 +79,7 @@ from tests.model_support import (
     Snapshot,
     end_grace_period,
     quarantine,
+    stuck_operations_time_out,
 )
 
 EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "30"))
@@ -817,6 +818,8 @@ class MoneyModel(RuleBasedStateMachine):
                 self._time_passes(order.id)
                 self._capture_job(order.id)
                 self._engine(f"staff retry capture {order.id}", retry_failed_capture, order.id, actor="staff:model")
+            # A cancel Stripe could not confirm, a pending refund: their time runs out, the janitors ask Stripe.
+            stuck_operations_time_out(self.app, [o.id for o in snap.orders.values()])
             self._engine("sweep", lambda: sweep().as_dict())
             self._worker()
         self._deliver_pending(99, duplicates=False)
