@@ -76,6 +76,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # What the periodic sweep resolves besides captures: every intermediate state has a way out.
     from app.payments.janitor import resolve_stuck_cancels
+    from app.payments.pending_edits import resolve_pending_edits
     from app.payments.refunds import resolve_stuck_refunds
     from app.payments.sweep import register_janitor
     from app.webhooks.janitor import rerun_stale_events
@@ -83,6 +84,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_janitor(app, "cancels", resolve_stuck_cancels)
     register_janitor(app, "refunds", resolve_stuck_refunds)
     register_janitor(app, "events", rerun_stale_events)
+    register_janitor(app, "edits", resolve_pending_edits)
 
     from app import cli, engine_cli
 

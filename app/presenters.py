@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from app.models import Cart, Order, OrderStatus, Payment, PaymentStatus
+from app.models import Cart, Order, OrderEdit, OrderEditStatus, OrderStatus, Payment, PaymentStatus
 from app.models.base import isoformat, utcnow
-from app.payments.queries import payment_for_order
+from app.payments.order_payments import OrderPayments
+from app.payments.pending_edits import pending_edit_for
 
 CAPTURE_STATUS = {
     PaymentStatus.AUTHORIZED: "scheduled",
@@ -19,12 +20,15 @@ CAPTURE_STATUS = {
 }
 
 
-def capture_status(payment: Payment | None) -> str:
-    """A capture that took less than the order's total is `failed` (its last_error names the gap)."""
+def capture_status(payment: OrderPayments | Payment | None) -> str:
+    """A capture that took less than the order's total is `failed` (its last_error names the gap);
+    one payment captured while another is still to be captured is `in_progress`."""
     if payment is None:
         return "scheduled"
     if payment.status == PaymentStatus.CAPTURED and payment.capture_shortfall:
         return "failed"
+    if payment.status == PaymentStatus.AUTHORIZED and payment.captured_amount:
+        return "in_progress"
     return CAPTURE_STATUS.get(payment.status, "scheduled")
 
 
@@ -53,18 +57,22 @@ def cart_json(cart: Cart) -> dict:
 _GRACE_OVER = (PaymentStatus.CAPTURING, PaymentStatus.CAPTURED, PaymentStatus.CAPTURE_FAILED, PaymentStatus.CANCELED)
 
 
-def payment_status(order: Order, payment: Payment | None) -> str:
-    """Medusa's payment status words, derived from the payment's columns."""
+def payment_status(order: Order, payment: OrderPayments | Payment | None) -> str:
+    """Medusa's payment status words, derived from the payments' columns (all of the order's together)."""
     if payment is None:
         return "not_paid"
     if payment.status == PaymentStatus.CANCELED:
         return "canceled"
-    if payment.status == PaymentStatus.CAPTURED:
+    if payment.captured_amount:
         if payment.refunded_amount and payment.refunded_amount >= payment.captured_amount:
             return "refunded"
         if payment.refunded_amount:
             return "partially_refunded"
-        return "partially_captured" if payment.capture_shortfall else "captured"
+        if payment.capture_shortfall or payment.status in PaymentStatus.OPEN:
+            return "partially_captured"  # short of the total, or another payment still to capture
+        return "captured"
+    if payment.status == PaymentStatus.CAPTURED:
+        return "captured"
     if payment.amount < order.total:
         return "partially_authorized"
     return "authorized"
@@ -74,16 +82,54 @@ def remaining_seconds(ends_at: datetime, now: datetime | None = None) -> int:
     return max(0, math.ceil((ends_at - (now or utcnow())).total_seconds()))
 
 
-def order_json(order: Order, payment: Payment | None = None, now: datetime | None = None) -> dict:
-    payment = payment if payment is not None else payment_for_order(order.id)
+def payment_json(payment: Payment) -> dict:
+    return {
+        "id": payment.id,
+        "payment_intent_id": payment.stripe_payment_intent_id,
+        "amount": payment.amount,
+        "captured_amount": payment.captured_amount,
+        "refunded_amount": payment.refunded_amount,
+        "status": payment.status,
+    }
+
+
+def pending_edit_json(edit: OrderEdit) -> dict:
+    return {
+        "id": edit.id,
+        "status": edit.status,
+        "items": [
+            {"id": None, "product_id": i["product_id"], "title": i["title"], "quantity": i["quantity"],
+             "unit_amount": i["unit_amount"], "total": i["unit_amount"] * i["quantity"]}
+            for i in edit.items
+        ],
+        "total": edit.total,
+        "amount_due": edit.amount_due,
+        "payment_intent": {
+            "id": edit.stripe_payment_intent_id,
+            "client_secret": edit.client_secret,
+            "amount": edit.amount_due,
+            "currency": edit.currency,
+            # As Stripe had it when the edit was made (the order view shows a pending edit only
+            # while it waits for the customer's confirmation).
+            "status": "requires_payment_method",
+        },
+        "expires_at": isoformat(edit.expires_at),
+    }
+
+
+def order_json(order: Order, payment: OrderPayments | None = None, now: datetime | None = None,
+               pending_edit: OrderEdit | None = None) -> dict:
+    payments = payment if payment is not None else OrderPayments.of(order)
+    if pending_edit is None and order.status == OrderStatus.PENDING:
+        pending_edit = pending_edit_for(order.id)
     remaining = remaining_seconds(order.grace_period_ends_at, now)
-    if order.status == OrderStatus.CANCELED or (payment is not None and payment.status in _GRACE_OVER):
+    if order.status == OrderStatus.CANCELED or (payments is not None and payments.status in _GRACE_OVER):
         remaining = 0  # canceled, or its capture has started: no grace period is running any more
     editable = (
         remaining > 0
         and order.status == OrderStatus.PENDING
-        and payment is not None
-        and payment.status == PaymentStatus.AUTHORIZED
+        and payments is not None
+        and payments.status == PaymentStatus.AUTHORIZED
     )
     return {
         "id": order.id,
@@ -93,19 +139,23 @@ def order_json(order: Order, payment: Payment | None = None, now: datetime | Non
         "status": order.status,
         "items": [line_item_json(item) for item in order.items],
         "total": order.total,
-        "payment_status": payment_status(order, payment),
-        "authorized_amount": payment.amount if payment and payment.status != PaymentStatus.CANCELED else 0,
-        "captured_amount": payment.captured_amount if payment else 0,
-        "refunded_amount": payment.refunded_amount if payment else 0,
+        "payment_status": payment_status(order, payments),
+        "authorized_amount": sum(p.amount for p in payments.payments if p.status != PaymentStatus.CANCELED)
+        if payments else 0,
+        "captured_amount": payments.captured_amount if payments else 0,
+        "refunded_amount": payments.refunded_amount if payments else 0,
         "grace_period": {
             "ends_at": isoformat(order.grace_period_ends_at),
             "remaining_seconds": remaining,
             "editable": editable,
         },
         "capture": {
-            "status": capture_status(payment),
-            "captured_at": isoformat(payment.captured_at) if payment else None,
-            "last_error": payment.last_capture_error if payment else None,
+            "status": capture_status(payments),
+            "captured_at": isoformat(payments.captured_at) if payments else None,
+            "last_error": payments.last_capture_error if payments else None,
         },
+        "payments": [payment_json(p) for p in payments.payments] if payments else [],
+        "pending_edit": pending_edit_json(pending_edit) if pending_edit is not None and
+        pending_edit.status == OrderEditStatus.REQUIRES_PAYMENT else None,
         "created_at": isoformat(order.created_at),
     }

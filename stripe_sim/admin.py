@@ -178,6 +178,19 @@ def backdate_event(sim: SimApp, body: dict[str, Any], evt_id: str) -> dict[str, 
         return sim.state.render(event)
 
 
+@_control("POST", "/_sim/account")
+def set_account(sim: SimApp, body: dict[str, Any]) -> dict[str, Any]:
+    """Account-level settings: ``{"incremental_authorization": false}`` is a standard-pricing account
+    (no incremental authorization for any card, charges confirmed from now on report it unavailable)."""
+    unknown = set(body) - {"incremental_authorization"}
+    if unknown:
+        raise ControlError(f"unknown account settings: {sorted(unknown)}")
+    with sim.state.lock:
+        if "incremental_authorization" in body:
+            sim.state.incremental_authorization_enabled = bool(body["incremental_authorization"])
+        return {"incremental_authorization": sim.state.incremental_authorization_enabled}
+
+
 @_control("POST", "/_sim/payment_intents/<pi_id>/increment_behavior")
 def increment_behavior(sim: SimApp, body: dict[str, Any], pi_id: str) -> dict[str, Any]:
     """Make future increments ``approve``, ``decline`` (optional ``decline_code``) or be ``unsupported``."""

@@ -90,6 +90,10 @@ class SimControl:
             body["decline_code"] = decline_code
         return self._call("POST", f"/_sim/payment_intents/{pi_id}/increment_behavior", body)
 
+    def set_account(self, *, incremental_authorization: bool) -> dict[str, Any]:
+        """Account-level switches: ``incremental_authorization=False`` is a standard-pricing account."""
+        return self._call("POST", "/_sim/account", {"incremental_authorization": incremental_authorization})
+
     def expire(self, pi_id: str) -> dict[str, Any]:
         """Expire the authorization of a requires_capture intent."""
         return self._call("POST", f"/_sim/payment_intents/{pi_id}/expire")

@@ -54,6 +54,9 @@ class SimState:
             self.intent_sim: dict[str, IntentSimState] = {}
             self.operations: list[dict[str, Any]] = []
             self.request_count = 0
+            # The account's pricing: on standard pricing Stripe offers no incremental authorization
+            # at all (an IC+ feature), whatever the card: every charge reports it unavailable.
+            self.incremental_authorization_enabled = True
 
     # ----------------------------------------------------------------- helpers
 
@@ -241,6 +244,7 @@ class SimState:
             and requested in ("if_available", "required")
             and card.supports_increment
             and sim.increment_behavior != "unsupported"
+            and self.incremental_authorization_enabled
             and not card.decline_code
         )
         created = now()
@@ -425,7 +429,7 @@ class SimState:
         charge = self.get_charge(pi["latest_charge"])
         card_details = charge["payment_method_details"]["card"]
         available = card_details["incremental_authorization"]["status"] == "available"
-        if not available or sim.increment_behavior == "unsupported":
+        if not available or sim.increment_behavior == "unsupported" or not self.incremental_authorization_enabled:
             card_details["incremental_authorization"]["status"] = "unavailable"
             raise errors.invalid_request(
                 "Incremental authorization is not available for this PaymentIntent. It must be confirmed with "

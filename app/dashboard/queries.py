@@ -24,6 +24,8 @@ from app.models import (
     CaptureAttempt,
     Order,
     OrderChange,
+    OrderEdit,
+    OrderEditStatus,
     OrderStatus,
     OrderTransaction,
     Payment,
@@ -33,6 +35,7 @@ from app.models import (
     Refund,
     WebhookEvent,
 )
+from app.payments.order_payments import OrderPayments
 from app.payments.sweep import STUCK_CAPTURE_AFTER
 from app.presenters import CAPTURE_STATUS, capture_status, payment_status
 
@@ -214,7 +217,7 @@ def filter_conditions(filters: ListFilters, now: datetime) -> list:
 @dataclass
 class OrderRow:
     order: Order
-    payment: Payment | None
+    payment: OrderPayments | None
     payment_status: str
     capture_status: str
     attention: str | None
@@ -244,16 +247,16 @@ def _fetch_orders(conditions: list, cursor: tuple[datetime, str] | None, *, newe
     return list(db.session.scalars(statement.limit(limit)))
 
 
-def latest_payments(order_ids: list[str]) -> dict[str, Payment]:
-    """Each order's latest payment, in one query."""
-    if not order_ids:
+def order_payments(orders: list[Order]) -> dict[str, OrderPayments]:
+    """Each order's payments read as one (`OrderPayments`), in one query."""
+    if not orders:
         return {}
-    payments: dict[str, Payment] = {}
+    by_order: dict[str, list[Payment]] = {}
     for payment in db.session.scalars(
-        select(Payment).where(Payment.order_id.in_(order_ids)).order_by(Payment.created_at, Payment.id)
+        select(Payment).where(Payment.order_id.in_([o.id for o in orders])).order_by(Payment.created_at, Payment.id)
     ):
-        payments[payment.order_id] = payment  # ordered: the last one wins
-    return payments
+        by_order.setdefault(payment.order_id, []).append(payment)
+    return {o.id: OrderPayments(tuple(by_order[o.id]), o.total) for o in orders if o.id in by_order}
 
 
 def list_orders(
@@ -284,7 +287,7 @@ def list_orders(
 
 
 def _page(orders: list[Order], now: datetime, *, has_older: bool, has_newer: bool) -> OrdersPage:
-    payments = latest_payments([order.id for order in orders])
+    payments = order_payments(orders)
     rows = []
     for order in orders:
         payment = payments.get(order.id)
@@ -311,7 +314,7 @@ def _page(orders: list[Order], now: datetime, *, has_older: bool, has_newer: boo
 @dataclass
 class OrderDetail:
     order: Order
-    payment: Payment | None  # the latest; the one actions apply to
+    payment: OrderPayments | None  # the order's payments read as one; actions apply to the order
     collection: PaymentCollection | None
     sessions: list[PaymentSession] = field(default_factory=list)
     payments: list[Payment] = field(default_factory=list)
@@ -321,6 +324,11 @@ class OrderDetail:
     attempts: list[CaptureAttempt] = field(default_factory=list)
     changes: list[OrderChange] = field(default_factory=list)
     events: list[WebhookEvent] = field(default_factory=list)
+    edits: list[OrderEdit] = field(default_factory=list)
+
+    @property
+    def pending_edit(self) -> OrderEdit | None:
+        return next((e for e in self.edits if e.status == OrderEditStatus.REQUIRES_PAYMENT), None)
 
 
 def load_order_detail(order_id: str) -> OrderDetail | None:
@@ -363,6 +371,8 @@ def load_order_detail(order_id: str) -> OrderDetail | None:
     stripe_ids = {s.stripe_payment_intent_id for s in sessions}
     stripe_ids |= {p.stripe_payment_intent_id for p in payments}
     stripe_ids |= {p.stripe_charge_id for p in payments if p.stripe_charge_id}
+    stripe_ids |= {e.stripe_payment_intent_id for e in db.session.scalars(
+        select(OrderEdit).where(OrderEdit.order_id == order_id))}
     events = (
         list(db.session.scalars(
             select(WebhookEvent)
@@ -372,9 +382,13 @@ def load_order_detail(order_id: str) -> OrderDetail | None:
         if stripe_ids
         else []
     )
+    edits = list(db.session.scalars(
+        select(OrderEdit).where(OrderEdit.order_id == order_id).order_by(OrderEdit.created_at)
+    ))
     return OrderDetail(
         order=order,
-        payment=payments[-1] if payments else None,
+        payment=OrderPayments.of(order, payments),
+        edits=edits,
         collection=collection,
         sessions=sessions,
         payments=payments,

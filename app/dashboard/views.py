@@ -26,13 +26,13 @@ from app.dashboard.queries import OrderDetail, list_orders, load_order_detail
 from app.dashboard.timeline import build_timeline
 from app.errors import ApiError
 from app.extensions import db
-from app.models import OrderStatus, PaymentStatus, RefundStatus
+from app.models import Order, OrderStatus, PaymentStatus, RefundStatus
 from app.models.base import utcnow
 from app.payments.cancellation import cancel_order
 from app.payments.capture import CaptureOutcome, capture_now, retry_failed_capture
 from app.payments.errors import DomainError
 from app.payments.provider_errors import PaymentProviderError
-from app.payments.queries import payment_for_order
+from app.payments.order_payments import OrderPayments
 from app.payments.refunds import refund_order
 from app.presenters import capture_status, payment_status
 
@@ -270,12 +270,7 @@ _REQUEST_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 def _perform(action: str, detail: OrderDetail, amount: int | None, token: str | None) -> tuple[str, str]:
     order_id, currency = detail.order.id, detail.order.currency
     if action == "refund":
-        refund = refund_order(order_id, amount, actor=_actor(), request_token=token)
-        if refund.status == RefundStatus.SUCCEEDED:
-            return f"Refunded {money(refund.amount, currency)}.", "success"
-        if refund.status in RefundStatus.OPEN:
-            return f"The refund of {money(refund.amount, currency)} is pending at Stripe.", "info"
-        return f"The refund of {money(refund.amount, currency)} failed: {refund.last_error or refund.status}", "error"
+        return _refund_message(refund_order(order_id, amount, actor=_actor(), request_token=token), currency)
     if action == "cancel":
         already = detail.order.status == OrderStatus.CANCELED
         cancel_order(order_id, actor=_actor(), after_deadline=True)
@@ -288,9 +283,25 @@ def _perform(action: str, detail: OrderDetail, amount: int | None, token: str | 
     return _capture_message(order_id, outcome, currency)
 
 
+def _refund_message(parts: list, currency: str) -> tuple[str, str]:
+    """One line for a refund, however many payments it drew on."""
+    done = sum(r.amount for r in parts if r.status == RefundStatus.SUCCEEDED)
+    pending = sum(r.amount for r in parts if r.status in RefundStatus.OPEN)
+    failed = [r for r in parts if r.status not in RefundStatus.OPEN and r.status != RefundStatus.SUCCEEDED]
+    split = f" across {len(parts)} payments" if len(parts) > 1 else ""
+    if failed:
+        why = "; ".join(r.last_error or r.status for r in failed)
+        lead = f"Refunded {money(done, currency)}{split}, but " if done else "The refund of "
+        return f"{lead}{money(sum(r.amount for r in failed), currency)} failed: {why}", "error"
+    if pending:
+        return f"The refund of {money(done + pending, currency)}{split} is pending at Stripe.", "info"
+    return f"Refunded {money(done, currency)}{split}.", "success"
+
+
 def _capture_message(order_id: str, outcome: str, currency: str) -> tuple[str, str]:
     db.session.expire_all()
-    payment = payment_for_order(order_id)
+    order = db.session.get(Order, order_id)
+    payment = OrderPayments.of(order)
     if outcome == CaptureOutcome.CAPTURED:
         return f"Captured {money(payment.captured_amount, currency)}.", "success"
     if outcome == CaptureOutcome.ALREADY_CAPTURED:

@@ -3,6 +3,7 @@
 from app.models.cart import Cart, LineItem
 from app.models.catalog import Product
 from app.models.order import DisplayIdSequence, Order, OrderChange, OrderItem, OrderStatus
+from app.models.order_edit import OrderEdit, OrderEditStatus
 from app.models.payment import (
     Capture,
     CaptureAttempt,
@@ -27,6 +28,8 @@ __all__ = [
     "LineItem",
     "Order",
     "OrderChange",
+    "OrderEdit",
+    "OrderEditStatus",
     "OrderItem",
     "OrderStatus",
     "OrderTransaction",

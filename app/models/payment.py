@@ -130,6 +130,8 @@ class Payment(db.Model):
     # Bumped when Stripe stored an error under the capture key and the PaymentIntent is still
     # uncaptured: the next attempt needs a key of its own (Stripe replays a key's first answer 24 h).
     capture_key_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # increment_authorization calls made on this PaymentIntent (Stripe allows 10, declines included).
+    increment_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The card's deadline for capturing (Stripe's `capture_before` on the charge): past it, the
     # authorization expires and nothing can be captured.
     capture_before: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -33,7 +33,8 @@ from app.payments.provider_errors import (
     RateLimited,
     ResourceMissing,
 )
-from app.payments.queries import payment_for_order
+from app.payments.order_payments import allocate, payments_for_order
+from app.payments.pending_edits import lapse_pending_edits
 from app.payments.reconcile import apply_canceled, apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.queues import enqueue_capture
@@ -81,14 +82,57 @@ def _record_attempt(payment: Payment, outcome: str, amount: int, trigger: str, e
 
 
 def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, actor: str = "engine") -> str:
-    """Capture the order's payment if (and only if) it is due and still authorized; returns the outcome."""
-    payment = payment_for_order(order_id)
-    if payment is None:
-        log.warning("capture requested for an order without payment", extra={"order_id": order_id})
+    """Capture the order's final total across its payments, if (and only if) it is due; returns the outcome.
+
+    Each payment is claimed, captured (or voided, when the total no longer needs it) and recorded
+    on its own, oldest first, so one that Stripe refuses or does not answer is retried alone. The
+    payments are read again after each one: an increase authorized just before the deadline adds
+    a payment that this capture must take too.
+    """
+    done: set[str] = set()
+    outcomes: list[str] = []
+    retry: CaptureRetryLater | None = None
+    while True:
+        db.session.expire_all()
+        payments = payments_for_order(order_id)
+        if not payments:
+            log.warning("capture requested for an order without payment", extra={"order_id": order_id})
+            return CaptureOutcome.NOT_CAPTURABLE
+        capturable = (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURE_FAILED) if allow_failed else (PaymentStatus.AUTHORIZED,)
+        payment = next((p for p in payments if p.id not in done and p.status in capturable), None)
+        if payment is None:
+            break
+        done.add(payment.id)
+        try:
+            outcome = _capture_payment(order_id, payment.id, trigger=trigger, allow_failed=allow_failed, actor=actor)
+        except CaptureRetryLater as exc:
+            retry = exc
+            continue
+        outcomes.append(outcome)
+        if outcome == CaptureOutcome.NOT_DUE:
+            break
+    if retry is not None:
+        raise retry
+    if not outcomes:
+        statuses = {p.status for p in payments_for_order(order_id)}
+        if PaymentStatus.CAPTURED in statuses and not statuses & set(PaymentStatus.OPEN):
+            return CaptureOutcome.ALREADY_CAPTURED
+        log.info("capture not claimed", extra={"order_id": order_id, "payment_status": sorted(statuses)})
         return CaptureOutcome.NOT_CAPTURABLE
-    if payment.status == PaymentStatus.CAPTURED:
-        return CaptureOutcome.ALREADY_CAPTURED
-    payment_id = payment.id
+    return _summary_outcome(outcomes)
+
+
+def _summary_outcome(outcomes: list[str]) -> str:
+    """One word for the order: a failure anywhere is a failure; a capture anywhere, a capture."""
+    for word in (CaptureOutcome.FAILED, CaptureOutcome.NOT_DUE, CaptureOutcome.CAPTURED,
+                 CaptureOutcome.ALREADY_CAPTURED, CaptureOutcome.CANCELED):
+        if word in outcomes:
+            return word
+    return CaptureOutcome.NOT_CAPTURABLE
+
+
+def _capture_payment(order_id: str, payment_id: str, *, trigger: str, allow_failed: bool, actor: str) -> str:
+    """Claim one payment, capture its share of the total at Stripe (or void it if its share is 0), record it."""
     for _ in range(2):
         with write_transaction():
             token = transitions.claim_for_capture(payment_id, allow_failed=allow_failed)
@@ -97,7 +141,6 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
         db.session.expire_all()
         payment = db.session.get(Payment, payment_id)
         if payment.status != PaymentStatus.AUTHORIZED:
-            log.info("capture not claimed", extra={"order_id": order_id, "payment_status": payment.status})
             return (CaptureOutcome.ALREADY_CAPTURED if payment.status == PaymentStatus.CAPTURED
                     else CaptureOutcome.NOT_CAPTURABLE)
         if _rearm(order_id, payment):
@@ -108,10 +151,15 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
     else:
         return CaptureOutcome.NOT_DUE
 
-    # Read after the claim: no edit can change the total once the payment is `capturing`.
-    payment = db.session.get(Payment, payment.id)
+    # The claim proves the deadline passed: a pending edit can no longer apply, and no edit can
+    # change the total or add a payment once one payment is `capturing`. Read the share after it.
+    lapse_pending_edits(order_id)
+    db.session.expire_all()
     order = db.session.get(Order, order_id)
-    amount = order.total
+    payment = db.session.get(Payment, payment_id)
+    amount = allocate(order.total, payments_for_order(order_id)).get(payment_id, 0)
+    if amount <= 0:
+        return _void_unneeded(payment, token, trigger)
     gateway = get_gateway()
     try:
         intent = gateway.capture_payment_intent(
@@ -129,6 +177,34 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
         return _after_ambiguous_failure(payment, token, amount, trigger, exc)
 
     return _settle(payment, token, intent, amount, trigger, actor)
+
+
+def _void_unneeded(payment: Payment, token: int, trigger: str) -> str:
+    """The order's total is covered by its earlier payments (it was edited down): release this one."""
+    try:
+        intent = get_gateway().cancel_payment_intent(
+            payment.stripe_payment_intent_id,
+            idempotency_key=f"void-unneeded:{payment.id}:{payment.capture_key_generation}",
+            reason="abandoned",
+        )
+    except PaymentProviderError as exc:
+        current = _current_intent(payment)
+        if isinstance(current, PaymentIntent) and current.status in ("succeeded", "canceled"):
+            return _settle(payment, token, current, 0, trigger, actor="engine")
+        with write_transaction():
+            transitions.release_capture_claim(payment.id, token, error=f"retrying the void: {exc.message}"[:500],
+                                              new_key=True)
+        raise CaptureRetryLater(exc.message) from exc
+    with write_transaction():
+        transitions.record_canceled(payment.id, "canceled by the engine: not needed, the order's total is covered by its earlier payments")
+    _record_attempt(payment, "canceled", 0, trigger, error="not needed for the order's total: authorization released")
+    log.info("unneeded payment voided", extra={"order_id": payment.order_id, "payment_id": payment.id,
+                                               "stripe_status": intent.status})
+    return CaptureOutcome.CAPTURED if _order_captured(payment.order_id) else CaptureOutcome.CANCELED
+
+
+def _order_captured(order_id: str) -> bool:
+    return any(p.status == PaymentStatus.CAPTURED for p in payments_for_order(order_id))
 
 
 def _settle(payment: Payment, token: int, intent: PaymentIntent, amount: int, trigger: str, actor: str) -> str:
@@ -235,11 +311,10 @@ def _rearm(order_id: str, payment: Payment) -> bool:
 
 def capture_now(order_id: str, *, actor: str) -> str:
     """Staff ends the grace period early and captures at once (the same exactly-once path as the engine)."""
-    payment = payment_for_order(order_id)
-    if payment is None:
+    if not payments_for_order(order_id):
         return CaptureOutcome.NOT_CAPTURABLE
     with write_transaction():
-        transitions.end_grace_period_now(payment.id)
+        transitions.end_grace_period_now(order_id)
     remove_capture_intent(order_id)
     return _capture_or_enqueue(order_id, trigger="staff", allow_failed=False, actor=actor)
 

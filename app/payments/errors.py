@@ -69,6 +69,10 @@ class OrderNotFound(Missing):
     pass
 
 
+class OrderEditNotFound(Missing):
+    pass
+
+
 class UnknownPaymentIntent(Missing):
     """A PaymentIntent that names no cart of this engine."""
 

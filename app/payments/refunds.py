@@ -36,65 +36,105 @@ from app.payments.errors import (
     RefundRefused,
 )
 from app.payments.provider_errors import CardDeclined, PaymentProviderError, ProviderRefused
-from app.payments.queries import payment_for_order, require_order
+from app.payments.order_payments import payments_for_order, refund_parts
+from app.payments.queries import require_order
 from app.payments.stripe_gateway import Refund as StripeRefund
 from app.payments.stripe_gateway import get_gateway
 
 log = logging.getLogger(__name__)
 
 
+# An order has at most a payment per accepted increase; a refund draws on at most this many.
+MAX_PARTS = 20
+
+
 class _SameRequest(Exception):
     """This confirmation's refund was written by its other, concurrent post."""
 
 
-def refund_id_for(order_id: str, request_token: str | None) -> str:
-    """The refund's id: derived from the request's one-time token (the same on a resubmit), else new."""
+def refund_id_for(order_id: str, request_token: str | None, part: int = 0) -> str:
+    """The refund's id: derived from the request's one-time token (the same on a resubmit), else new.
+    A refund split over two payments has a part per payment, each with its own id (and so its key)."""
     if not request_token:
         return new_id("ref")
-    digest = hashlib.sha256(f"{order_id}:{request_token}".encode()).digest()[:16]
+    material = f"{order_id}:{request_token}" + (f":{part}" if part else "")
+    digest = hashlib.sha256(material.encode()).digest()[:16]
     return "ref_" + base64.b32encode(digest).decode("ascii").rstrip("=").lower()
 
 
 def refund_order(order_id: str, amount: int | None, *, actor: str, reason: str | None = None,
-                 note: str | None = None, request_token: str | None = None) -> Refund:
-    """Refund `amount` (default: all that is left) of the order's captured payment; once per `request_token`."""
+                 note: str | None = None, request_token: str | None = None) -> list[Refund]:
+    """Refund `amount` (default: all that is left) of what the order's payments captured, newest
+    payment first, each part at most what its payment has left; once per `request_token`.
+    Returns the refund's parts (one per payment it draws on)."""
     require_order(order_id)
-    refund_id = refund_id_for(order_id, request_token)
-    existing = db.session.get(Refund, refund_id)
-    if existing is not None:
-        return _finish(existing)  # the same confirmation again: the first one's refund
-    payment = payment_for_order(order_id)
-    if payment is None or payment.status != PaymentStatus.CAPTURED:
+    first_id = refund_id_for(order_id, request_token)
+    if request_token and db.session.get(Refund, first_id) is not None:
+        return _finish_all(_parts_of(order_id, request_token))  # the same confirmation again
+    payments = payments_for_order(order_id)
+    captured = [p for p in payments if p.status == PaymentStatus.CAPTURED]
+    if not captured:
         raise NotCaptured("Only a captured payment can be refunded.")
     if amount is None:
-        amount = payment.refundable_amount
+        amount = sum(p.refundable_amount for p in captured)
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise InvalidRefundAmount("The refund amount must be a positive integer in minor units.")
+    parts = refund_parts(amount, payments)
+    if sum(share for _, share in parts) < amount:
+        raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
+    ids = [first_id if i == 0 else refund_id_for(order_id, request_token, i) if request_token else new_id("ref")
+           for i in range(len(parts))]
 
     try:
         with write_transaction() as session:
-            if not transitions.reserve_refund(payment.id, amount):
-                if request_token and session.get(Refund, refund_id) is not None:
-                    raise _SameRequest()  # the other post of this confirmation reserved it a moment ago
-                raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
-            session.add(
-                Refund(
-                    id=refund_id,
-                    payment_id=payment.id,
-                    amount=amount,
-                    status=RefundStatus.PENDING,
-                    idempotency_key=f"refund:{refund_id}",
-                    reason=reason,
-                    note=note,
-                    created_by=actor,
-                    trace_id=current_trace_id(),
+            for refund_id, (payment, share) in zip(ids, parts):
+                if not transitions.reserve_refund(payment.id, share):
+                    if request_token and session.get(Refund, first_id) is not None:
+                        raise _SameRequest()  # the other post of this confirmation reserved it a moment ago
+                    raise RefundExceedsCaptured("The refund exceeds what was captured and not yet refunded.")
+                session.add(
+                    Refund(
+                        id=refund_id,
+                        payment_id=payment.id,
+                        amount=share,
+                        status=RefundStatus.PENDING,
+                        idempotency_key=f"refund:{refund_id}",
+                        reason=reason,
+                        note=note,
+                        created_by=actor,
+                        trace_id=current_trace_id(),
+                    )
                 )
-            )
     except (IntegrityError, _SameRequest):
         # A double click: the other request wrote this refund first (its reservation, not ours, stands).
         db.session.rollback()
-        return _finish(db.session.get(Refund, refund_id))
-    return _finish(db.session.get(Refund, refund_id))
+        return _finish_all(_parts_of(order_id, request_token))
+    return _finish_all([db.session.get(Refund, refund_id) for refund_id in ids])
+
+
+def _parts_of(order_id: str, request_token: str) -> list[Refund]:
+    parts = []
+    for part in range(MAX_PARTS):
+        refund = db.session.get(Refund, refund_id_for(order_id, request_token, part))
+        if refund is None:
+            break
+        parts.append(refund)
+    return parts
+
+
+def _finish_all(refunds: list[Refund]) -> list[Refund]:
+    """Each part asked of Stripe; a part Stripe refuses does not stop the others (its amount is given back)."""
+    finished, error = [], None
+    for refund in refunds:
+        try:
+            finished.append(_finish(refund))
+        except (RefundRefused, ProviderUnavailable) as exc:
+            error = error or exc
+            db.session.expire_all()
+            finished.append(db.session.get(Refund, refund.id))
+    if error is not None and len(refunds) == 1:
+        raise error
+    return finished
 
 
 def _finish(refund: Refund) -> Refund:

@@ -44,6 +44,9 @@ class PaymentIntent:
     last_error_message: str | None = None
     # When the card's authorization expires (the charge's `capture_before`, Unix seconds), if known.
     capture_before: int | None = None
+    # The charge's `payment_method_details.card.incremental_authorization.status` ("available" or
+    # "unavailable"), when the charge came expanded; None when unknown.
+    incremental_authorization: str | None = None
 
     @property
     def is_authorized(self) -> bool:
@@ -105,10 +108,11 @@ def payment_intent_from(obj: Any) -> PaymentIntent:
     obj = _plain(obj)
     error = _get(obj, "last_payment_error") or {}
     charge = _get(obj, "latest_charge")
-    capture_before = None
+    capture_before = incremental = None
     if not isinstance(charge, str) and charge is not None:
         card = _get(_get(charge, "payment_method_details") or {}, "card") or {}
         capture_before = _get(card, "capture_before")
+        incremental = _get(_get(card, "incremental_authorization") or {}, "status")
         charge = _get(charge, "id")
     return PaymentIntent(
         id=obj["id"],
@@ -125,6 +129,7 @@ def payment_intent_from(obj: Any) -> PaymentIntent:
         last_error_decline_code=_get(error, "decline_code"),
         last_error_message=_get(error, "message"),
         capture_before=int(capture_before) if capture_before else None,
+        incremental_authorization=incremental,
     )
 
 
@@ -210,15 +215,18 @@ class StripeGateway:
             raise translated from exc
 
     def create_payment_intent(
-        self, *, amount: int, currency: str, cart_id: str, idempotency_key: str
+        self, *, amount: int, currency: str, idempotency_key: str, cart_id: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> PaymentIntent:
+        """A manual-capture card PaymentIntent for a cart (`cart_id`) or an order's edit (`metadata`:
+        `order_id`, `order_edit_id`)."""
         params = {
             "amount": amount,
             "currency": currency,
             "capture_method": "manual",
             # Says who made it: on a Stripe account shared with other integrations, events about
             # PaymentIntents without these are someone else's (stored, ignored, answered 200).
-            "metadata": {"cart_id": cart_id, "created_by": CREATED_BY},
+            "metadata": {**({"cart_id": cart_id} if cart_id else {}), **(metadata or {}), "created_by": CREATED_BY},
             # Card only: incremental authorization, capture_before and the grace period assume a card.
             "payment_method_types": ["card"],
             "payment_method_options": {"card": {"request_incremental_authorization": "if_available"}},

@@ -133,9 +133,9 @@ def rearm_lost_intents(now: datetime, *, check_every_key: bool = False, horizon:
         ):
             rearmed += intents.create_intents((order_id, due_at) for due_at, _, order_id in rows)
     if not check_every_key:
+        # Orders, not payments: an order with a second payment (an increase) has one key.
         live = db.session.scalar(
-            select(func.count())
-            .select_from(Payment)
+            select(func.count(func.distinct(Payment.order_id)))
             .where(Payment.status == PaymentStatus.AUTHORIZED, Payment.capture_due_at > now)
         )
         db.session.rollback()

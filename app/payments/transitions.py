@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from app.db_clock import db_now
 from app.extensions import db
@@ -112,7 +112,8 @@ def release_stale_claim(payment_id: str, claimed_before: datetime, error: str) -
 
 
 def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: str | None, charge_id: str | None = None) -> bool:
-    """→ captured, with its Capture and OrderTransaction rows and the order completed; False if already captured.
+    """→ captured, with its Capture and OrderTransaction rows; False if already captured. The order is
+    completed once none of its payments is left open.
 
     Accepted from any open state: Stripe's word that the money was captured (the job's
     answer, a reconcile, or a `payment_intent.succeeded` for a capture made elsewhere) wins.
@@ -125,12 +126,14 @@ def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: s
         return False
     payment = db.session.get(Payment, payment_id)
     order = db.session.get(Order, payment.order_id)
-    if amount < order.total:
+    others_open, captured = _other_payments(payment)
+    if not others_open and captured + amount < order.total:
         # Never a silent success: the money Stripe took is recorded, the gap is flagged for staff.
-        payment.capture_shortfall = order.total - amount
+        gap = order.total - captured - amount
+        payment.capture_shortfall = gap
         payment.last_capture_error = (
-            f"captured {amount} of the order's total {order.total} {order.currency}: "
-            f"{order.total - amount} not collected"
+            f"captured {captured + amount} of the order's total {order.total} {order.currency}: "
+            f"{gap} not collected"
         )
     capture = Capture(payment_id=payment_id, amount=amount, created_by=created_by, trace_id=trace_id, created_at=now)
     db.session.add(capture)
@@ -145,13 +148,47 @@ def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: s
             created_at=now,
         )
     )
+    if not others_open:
+        _settle_order(payment.order_id, OrderStatus.COMPLETED, now)
+    return True
+
+
+def _other_payments(payment: Payment) -> tuple[bool, int]:
+    """Are the order's other payments still open, and how much have they captured?"""
+    rows = db.session.execute(
+        select(Payment.status, Payment.captured_amount).where(Payment.order_id == payment.order_id,
+                                                              Payment.id != payment.id)
+    ).all()
+    return any(status in S.OPEN for status, _ in rows), sum(amount for status, amount in rows if status == S.CAPTURED)
+
+
+def _settle_order(order_id: str, status: str, now) -> None:
+    """The order's last open payment settled: the order is completed (something was captured) or canceled."""
+    values = {"status": status, "updated_at": now}
+    if status == OrderStatus.CANCELED:
+        values["canceled_at"] = now
     db.session.execute(
         update(Order)
-        .where(Order.id == payment.order_id, Order.status == OrderStatus.PENDING)
-        .values(status=OrderStatus.COMPLETED, updated_at=now)
+        .where(Order.id == order_id, Order.status == OrderStatus.PENDING)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return True
+
+
+def payments_still_editable(order_id: str) -> bool:
+    """Inside the edit's transaction: every live payment of the order is still `authorized` and its
+    deadline ahead by the database's clock. Each row is touched by the same UPDATE, so a capture
+    claim or cancel that commits first makes this False, and one that comes later waits for us."""
+    touched = db.session.execute(
+        update(Payment)
+        .where(Payment.order_id == order_id, Payment.status == S.AUTHORIZED, Payment.capture_due_at > db_now())
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    live = db.session.scalar(
+        select(func.count()).select_from(Payment).where(Payment.order_id == order_id, Payment.status != S.CANCELED)
+    )
+    return touched > 0 and touched == live
 
 
 CANCELABLE = (S.AUTHORIZED, S.CAPTURE_FAILED)
@@ -179,15 +216,22 @@ def begin_cancel(payment_id: str, from_status: str, *, before_deadline: bool = T
     return won
 
 
-def end_grace_period_now(payment_id: str) -> bool:
-    """Staff's "capture now": the deadline becomes now (the database's), while the payment is still authorized."""
-    won = _compare_and_set(payment_id, (S.AUTHORIZED,), S.AUTHORIZED, capture_due_at=db_now())
+def end_grace_period_now(order_id: str) -> bool:
+    """Staff's "capture now": the deadline becomes now (the database's) for every payment still authorized."""
+    won = db.session.execute(
+        update(Payment)
+        .where(Payment.order_id == order_id, Payment.status == S.AUTHORIZED)
+        .values(capture_due_at=db_now(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount > 0
     if won:
-        payment = db.session.get(Payment, payment_id)
+        db.session.expire_all()
+        due_at = db.session.scalar(select(func.min(Payment.capture_due_at)).where(
+            Payment.order_id == order_id, Payment.status == S.AUTHORIZED))
         db.session.execute(
             update(Order)
-            .where(Order.id == payment.order_id)
-            .values(grace_period_ends_at=payment.capture_due_at, updated_at=utcnow())
+            .where(Order.id == order_id)
+            .values(grace_period_ends_at=due_at, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
     return won
@@ -200,17 +244,15 @@ def abort_cancel(payment_id: str, restore_to: str) -> bool:
 
 
 def record_canceled(payment_id: str, reason: str | None) -> bool:
-    """→ canceled (voided by us, or expired/canceled at Stripe), and the order canceled with it."""
+    """→ canceled (voided by us, or expired/canceled at Stripe). The order is canceled with it when it
+    was the order's only live payment; completed when another one was captured."""
     now = utcnow()
     if not _compare_and_set(payment_id, S.OPEN, S.CANCELED, canceled_at=now, cancellation_reason=reason):
         return False
     payment = db.session.get(Payment, payment_id)
-    db.session.execute(
-        update(Order)
-        .where(Order.id == payment.order_id, Order.status == OrderStatus.PENDING)
-        .values(status=OrderStatus.CANCELED, canceled_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    others_open, captured = _other_payments(payment)
+    if not others_open:
+        _settle_order(payment.order_id, OrderStatus.COMPLETED if captured else OrderStatus.CANCELED, now)
     return True
 
 

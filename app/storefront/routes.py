@@ -10,12 +10,12 @@ from app.carts import MAX_QUANTITY
 from app.errors import InvalidRequest
 from app.extensions import db
 from app.models import Product
-from app.payments import cancellation, edits
+from app.payments import cancellation, edits, pending_edits
 from app.payments.edits import EditLine
 from app.payments.payment_intents import ensure_payment_intent
 from app.payments.placement import complete_cart
 from app.payments.queries import require_order
-from app.presenters import cart_json, order_json
+from app.presenters import cart_json, order_json, pending_edit_json
 from app.storefront.validation import currency, email, id_string, json_body, positive_int, reject_unknown
 
 bp = Blueprint("storefront", __name__, url_prefix="/store")
@@ -128,7 +128,19 @@ def edit_order(order_id: str):
             raise InvalidRequest("Each item must be an object {product_id, quantity}.")
         reject_unknown(raw, {"product_id", "quantity"})
         lines.append(EditLine(id_string(raw, "product_id", "prod"), positive_int(raw, "quantity", MAX_QUANTITY)))
-    return jsonify({"order": order_json(edits.edit_order(order_id, lines))})
+    result = edits.edit_order(order_id, lines)
+    if result.pending_edit is not None:
+        # The card's authorization cannot be raised: the customer authorizes the difference.
+        return jsonify({"order": order_json(result.order, pending_edit=result.pending_edit),
+                        "pending_edit": pending_edit_json(result.pending_edit)}), 202
+    return jsonify({"order": order_json(result.order)})
+
+
+@bp.post("/orders/<order_id>/edits/<edit_id>/complete")
+def complete_edit(order_id: str, edit_id: str):
+    """Apply a pending edit once its PaymentIntent is authorized; the same order every time."""
+    require_order(order_id)
+    return jsonify({"order": order_json(pending_edits.complete_edit(order_id, edit_id))})
 
 
 @bp.post("/orders/<order_id>/cancel")

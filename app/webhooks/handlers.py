@@ -7,7 +7,8 @@ from typing import Callable
 
 from app.extensions import db
 from app.models import Cart
-from app.payments.errors import PaymentNotPlaceable
+from app.payments.errors import PaymentNotAuthorized, PaymentNotPlaceable, StateConflict
+from app.payments.pending_edits import apply_authorized_edit, edit_canceled_at_stripe, edit_for_intent
 from app.payments.placement import place_order
 from app.payments.queries import payment_for_intent, session_for_intent
 from app.payments.reconcile import apply_canceled, apply_captured, sync_refunds, sync_session
@@ -40,6 +41,9 @@ def _place_if_authorized(payment_intent_id: str) -> None:
                  extra={"payment_intent_id": intent.id})
         return
     sync_session(intent)
+    if intent.metadata.get("order_edit_id"):
+        _apply_edit_if_authorized(intent)
+        return
     if intent.status not in ("requires_capture", "succeeded"):
         log.info("payment intent not authorized now; nothing to place", extra={"payment_intent_id": intent.id, "status": intent.status})
         return
@@ -51,6 +55,26 @@ def _place_if_authorized(payment_intent_id: str) -> None:
     if intent.status == "succeeded":
         payment = payment_for_intent(intent.id)
         apply_captured(payment.id, intent, created_by="stripe")
+
+
+def _apply_edit_if_authorized(intent: PaymentIntent) -> None:
+    """The PaymentIntent of an order increase (a pending edit): authorized → the edit applied once, or
+    its authorization voided when the edit can no longer apply; captured → recorded."""
+    payment = payment_for_intent(intent.id)
+    if payment is not None:
+        if intent.status == "succeeded":
+            apply_captured(payment.id, intent, created_by="stripe")
+        return  # applied already (an increment of it, or a redelivery)
+    edit = edit_for_intent(intent.id)
+    if edit is None or intent.status != "requires_capture":
+        log.info("edit payment not authorized now; nothing to apply", extra={"payment_intent_id": intent.id,
+                                                                             "status": intent.status})
+        return
+    try:
+        apply_authorized_edit(edit.id, intent)
+    except (StateConflict, PaymentNotAuthorized) as exc:
+        # Handled: the edit could not apply and its authorization was voided; nothing to retry.
+        log.warning("authorized edit not applied", extra={"order_edit_id": edit.id, "reason": exc.message})
 
 
 def on_amount_capturable_updated(event: dict) -> None:
@@ -70,6 +94,8 @@ def on_payment_intent_canceled(event: dict) -> None:
     payment = payment_for_intent(intent.id)
     if payment is not None and intent.status == "canceled":
         apply_canceled(payment, intent)
+    elif payment is None and intent.status == "canceled" and intent.metadata.get("order_edit_id"):
+        edit_canceled_at_stripe(intent.id)
 
 
 def on_payment_failed(event: dict) -> None:
