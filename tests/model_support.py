@@ -185,6 +185,9 @@ class Reader:
                 )
         intent_ids = set(extra_intents) | {p.payment_intent_id for o in snap.orders.values() for p in o.payments}
         with self.sim.state.lock:
+            # The PaymentIntents the engine made for order increases (pending edits), applied or not.
+            intent_ids |= {pi_id for pi_id, pi in self.sim.state.payment_intents.items()
+                           if (pi.get("metadata") or {}).get("order_edit_id")}
             for pi_id in intent_ids:
                 pi = self.sim.state.payment_intents.get(pi_id)
                 if pi is not None:

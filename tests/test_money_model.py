@@ -86,6 +86,7 @@ EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "30"))
 STEPS = int(os.environ.get("MODEL_STEPS", "25"))
 MAX_CARTS = 4
 EPSILON = timedelta(milliseconds=1)
+OPEN_PAYMENT = ("authorized", "capturing", "capture_failed", "canceling")
 
 CARDS = st.sampled_from(["pm_card_visa", "pm_card_visa", "pm_card_visa_no_incremental", "pm_card_chargeDeclined"])
 PRODUCT = st.integers(0, 2)
@@ -174,6 +175,7 @@ class MoneyModel(RuleBasedStateMachine):
         self.min_deadline: dict[str, datetime] = {}  # the earliest deadline the database ever had
         self.passed_at: dict[str, datetime] = {}  # when this model ended the grace period ("time passes")
         self.delivered: dict[str, int] = {}  # event id → status of its last delivery
+        self.pending_totals: dict[str, int] = {}  # an increase's PaymentIntent → the total it applies
         self.failed = False
         self._snap: Snapshot | None = None
 
@@ -187,6 +189,10 @@ class MoneyModel(RuleBasedStateMachine):
                     self.order_ids.append(order.id)
                     self.accepted_total.setdefault(order.id, order.total)
                     note(f"  order {order.id} of cart #{self.carts.index(order.cart_id)}: total {order.total}")
+                for payment in order.payments:
+                    edit_total = self.pending_totals.pop(payment.payment_intent_id, None)
+                    if edit_total is not None:  # an increase paid with a second payment was applied
+                        self.accepted_total[order.id] = edit_total
                 previous = self.min_deadline.get(order.id)
                 self.min_deadline[order.id] = order.deadline if previous is None else min(previous, order.deadline)
             self._snap = snap
@@ -322,6 +328,10 @@ class MoneyModel(RuleBasedStateMachine):
         return items, sum(self._product(p)["unit_amount"] * q for p, q in lines)
 
     def _after_edit(self, order_id: str, expected: int, status: int, body: dict) -> None:
+        if status == 202:
+            pending = body["pending_edit"]
+            assert pending["total"] == expected and pending["amount_due"] > 0, body
+            self.pending_totals[pending["payment_intent"]["id"]] = expected
         if status == 200:
             assert body["order"]["total"] == expected, (
                 f"edit answered 200 with total {body['order']['total']}, asked {expected}"
@@ -447,6 +457,27 @@ class MoneyModel(RuleBasedStateMachine):
         status, body = self._http("POST", f"/store/orders/{order_id}/edits", {"items": items})
         self._say(f"edit {order_id} to {expected}", status, body)
         self._after_edit(order_id, expected, status, body)
+
+    @precondition(lambda self: self._has_orders())
+    @rule(order=ORDER, card=st.sampled_from(["pm_card_visa_no_incremental", "pm_card_visa", "pm_card_chargeDeclined"]),
+          finish=st.sampled_from(["complete", "webhooks", "nothing"]))
+    @step
+    def pay_increase(self, order, card, finish):
+        """The customer pays an increase that waits for a second payment (a 202 edit)."""
+        order_id = self._order(order)
+        status, body = self._http("GET", f"/store/orders/{order_id}")
+        pending = body.get("order", {}).get("pending_edit") if status == 200 else None
+        if not pending:
+            return
+        self._confirm(pending["payment_intent"]["id"], card)
+        if finish == "complete":
+            status, body = self._http("POST", f"/store/orders/{order_id}/edits/{pending['id']}/complete")
+            self._say(f"complete edit {pending['id']}", status, body)
+            if status == 200:
+                assert body["order"]["total"] == pending["total"], body
+        elif finish == "webhooks":
+            self._deliver_pending(0, duplicates=True)
+        count_event(f"pay increase: {card} then {finish}")
 
     @precondition(lambda self: self._has_orders())
     @rule(order=ORDER)
@@ -683,13 +714,18 @@ class MoneyModel(RuleBasedStateMachine):
         for cart_id, count in captures_by_cart.items():
             assert count <= 1, f"cart {cart_id}: {count} of its PaymentIntents captured"
         for order in snap.orders.values():
+            at_stripe = 0
             for payment in order.payments:
                 for capture in snap.ops("capture", payment.payment_intent_id):
-                    assert capture["amount"] == order.total, (
-                        f"{order.id}: Stripe captured {capture['amount']} but the order's total is {order.total}"
+                    assert capture["amount"] <= payment.amount, (
+                        f"{order.id}: Stripe captured {capture['amount']} of {payment.payment_intent_id}, "
+                        f"which held {payment.amount}"
                     )
+                    at_stripe += capture["amount"]
+            assert at_stripe <= order.total, f"{order.id}: Stripe captured {at_stripe}, the total is {order.total}"
             captured = [p for p in order.payments if p.status == "captured"]
-            if order.status == "completed" or captured:
+            settled = not any(p.status in OPEN_PAYMENT for p in order.payments)
+            if order.status == "completed" or (captured and settled):
                 assert sum(p.captured_amount for p in captured) == order.total, (
                     f"{order.id} ({order.status}): captured {[p.captured_amount for p in captured]}, "
                     f"total {order.total}"
@@ -765,7 +801,7 @@ class MoneyModel(RuleBasedStateMachine):
                 assert "captured" in statuses, f"{order.id}: completed with payments {statuses}"
             if order.status == "canceled":
                 assert statuses == {"canceled"}, f"{order.id}: canceled with payments {statuses}"
-            if "captured" in statuses:
+            if "captured" in statuses and not statuses & set(OPEN_PAYMENT):
                 assert order.status == "completed", f"{order.id}: payment captured but order {order.status}"
 
     @invariant()
@@ -789,6 +825,14 @@ class MoneyModel(RuleBasedStateMachine):
             )
             if not order.changes:
                 assert cart.items == order.items, f"{order.id}: items {order.items}, its cart {cart.items}"
+
+    @invariant()
+    @check
+    def i11_an_increase_that_did_not_apply_is_never_captured(self, snap: Snapshot):
+        payment_intents = {p.payment_intent_id for o in snap.orders.values() for p in o.payments}
+        for pi_id, pi in snap.intents.items():
+            if (pi.get("metadata") or {}).get("order_edit_id") and pi_id not in payment_intents:
+                assert not snap.ops("capture", pi_id), f"{pi_id}: an increase that never applied was captured"
 
     @invariant()
     @check

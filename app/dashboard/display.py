@@ -141,18 +141,20 @@ def next_step(order: Order, payment: Payment | None, now: datetime | None = None
     if payment is None:
         return "Not paid: nothing is authorized."
     status = payment.status
+    count = getattr(payment, "count", 1)
+    across = f" across {count} payments" if count > 1 else ""
     if status == PaymentStatus.AUTHORIZED:
         release = payment.amount - order.total
         when = payment.capture_due_at
-        text = (f"Will capture {money(order.total, cur)} at {when.astimezone(timezone.utc).strftime('%H:%M UTC')}"
-                f" ({relative_text(when, now)})" if when > now else f"Capture of {money(order.total, cur)} is due now")
+        text = (f"Will capture {money(order.total, cur)}{across} at {when.astimezone(timezone.utc).strftime('%H:%M UTC')}"
+                f" ({relative_text(when, now)})" if when > now else f"Capture of {money(order.total, cur)}{across} is due now")
         if release > 0:
             text += f"; {money(release, cur)} of the authorization will be released"
         return text + "."
     if status == PaymentStatus.CAPTURING:
         return f"Capturing {money(order.total, cur)} now."
     if status == PaymentStatus.CAPTURED:
-        text = f"Captured {money(payment.captured_amount, cur)}"
+        text = f"Captured {money(payment.captured_amount, cur)}{across}"
         if payment.capture_shortfall:
             return text + f", {money(payment.capture_shortfall, cur)} less than the order's total: not collected."
         released = payment.amount - payment.captured_amount

@@ -62,6 +62,15 @@ def build_timeline(detail: OrderDetail) -> list[Entry]:
         entries.append(Entry(change.created_at, "edit", f"Order edited (version {change.version})", "; ".join(parts),
                              change.trace_id, "info"))
 
+    for edit in detail.edits:
+        entries.append(Entry(
+            edit.created_at, "edit", "Increase waits for a second payment",
+            f"total {money(edit.total, currency)}: {money(edit.amount_due, currency)} due on PaymentIntent "
+            f"{edit.stripe_payment_intent_id}; items: {_items_text(edit.items)}", edit.trace_id, "warn"))
+        if edit.resolved_at is not None and edit.status != "applied":
+            entries.append(Entry(edit.resolved_at, "edit", f"Pending increase {edit.status}", edit.resolution or "",
+                                 None, "muted"))
+
     for event in detail.events:
         if event.processed_at is not None:
             state, tone = "processed", "neutral"

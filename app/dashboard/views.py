@@ -32,7 +32,7 @@ from app.payments.cancellation import cancel_order
 from app.payments.capture import CaptureOutcome, capture_now, retry_failed_capture
 from app.payments.errors import DomainError
 from app.payments.provider_errors import PaymentProviderError
-from app.payments.order_payments import OrderPayments
+from app.payments.order_payments import OrderPayments, allocate
 from app.payments.refunds import refund_order
 from app.presenters import capture_status, payment_status
 
@@ -208,6 +208,8 @@ def order(order_id: str):
         payment_status_word=payment_status(detail.order, detail.payment),
         capture_status_word=capture_status(detail.payment) if detail.payment else "none",
         timeline=build_timeline(detail),
+        # What each payment gives at the deadline (the final total, oldest payment first).
+        shares=allocate(detail.order.total, detail.payments),
         actions=[ACTIONS[name] for name in available_actions(detail)],
         refundable_text=decimal_text(detail.payment.refundable_amount, detail.order.currency)
         if detail.payment is not None and detail.payment.refundable_amount > 0 else "",
