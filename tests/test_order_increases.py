@@ -338,8 +338,9 @@ def test_refunds_are_split_over_the_captured_payments_newest_first(app, client, 
 # --- races, forced --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("capture_runs", [True, False], ids=["and the capture runs", "capture not yet"])
 def test_a_supplementary_authorization_that_arrives_after_the_deadline_is_voided_never_captured(
-        app, client, sim, sim_control, monkeypatch):
+        app, client, sim, sim_control, monkeypatch, capture_runs):
     from app.payments import pending_edits
 
     order = _placed(client, sim_control)
@@ -348,14 +349,16 @@ def test_a_supplementary_authorization_that_arrives_after_the_deadline_is_voided
     real_apply = pending_edits._apply
 
     def deadline_passes_first(edit_id, intent):
-        # `complete` has Stripe's word that it is authorized; meanwhile the deadline passes and the capture runs.
+        # `complete` has Stripe's word that it is authorized; meanwhile the deadline passes (and the capture runs).
         _move_deadline(app, order["id"], -1)
-        _capture(app, order["id"])
+        if capture_runs:
+            _capture(app, order["id"])
         return real_apply(edit_id, intent)
 
     monkeypatch.setattr(pending_edits, "_apply", deadline_passes_first)
     response = _complete(client, order["id"], pending["id"])
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "grace_period_expired"
+    _capture(app, order["id"])
     [capture] = captures_at_stripe(sim_control)
     assert capture["amount"] == order["total"]
     assert stripe_intent(sim.url, pending["payment_intent"]["id"])["status"] == "canceled"
@@ -417,3 +420,37 @@ def test_an_unknown_edit_is_404(client, sim_control):
     pending = _pending(client, sim_control, other, 2)
     assert _complete(client, order["id"], pending["id"]).status_code == 404
     assert product_ids(client)  # the catalog is untouched
+
+
+# --- what staff see ----------------------------------------------------------------------------------
+
+
+def test_the_dashboard_shows_each_payment_and_the_pending_increase(app, client, sim_control):
+    import html
+    import re
+
+    from app.cli import upsert_staff
+    from tests.test_dashboard import STAFF_EMAIL, STAFF_PASSWORD, login
+
+    with app.app_context():
+        upsert_staff(STAFF_EMAIL, STAFF_PASSWORD)
+    order = _placed(client, sim_control)
+    edited = _paid_increase(client, sim_control, order, 3)
+    pending = _pending(client, sim_control, order, 5)
+    staff = app.test_client()
+    assert login(staff).status_code == 302
+
+    listing = html.unescape(staff.get("/admin/orders").get_data(as_text=True))
+    row = re.search(rf'<tr data-order-id="{order["id"]}".*?</tr>', listing, re.S).group(0)
+    assert "2 payments" in row
+    page = html.unescape(staff.get(f"/admin/orders/{order['id']}").get_data(as_text=True))
+    for payment in edited["payments"]:
+        assert payment["payment_intent_id"] in page
+    step = re.search(r"data-next-step>([^<]+)<", page).group(1)
+    total = edited["total"]
+    assert step.startswith(f"Will capture {total // 100}.{total % 100:02d} USD across 2 payments at ")
+    shares = re.findall(r"<td class=\"num\" data-share>([^<]+)<", page)
+    assert shares == [f"{p['amount'] // 100}.{p['amount'] % 100:02d} USD" for p in edited["payments"]]
+    notice = re.search(rf'data-pending-edit="{pending["id"]}">(.*?)</p>', page, re.S).group(1)
+    due = pending["amount_due"]
+    assert f"{due // 100}.{due % 100:02d} USD more" in notice and pending["payment_intent"]["id"] in notice
