@@ -78,7 +78,7 @@ SCHEMAS = {
             "items": {"type": "array", "items": _ref("LineItem")},
             "total": AMOUNT,
             "payment_status": {"type": "string", "enum": [
-                "not_paid", "awaiting", "authorized", "partially_authorized", "captured",
+                "not_paid", "awaiting", "authorized", "partially_authorized", "captured", "partially_captured",
                 "partially_refunded", "refunded", "canceled", "requires_action"]},
             "authorized_amount": AMOUNT,
             "captured_amount": AMOUNT,
@@ -99,7 +99,36 @@ SCHEMAS = {
                     "last_error": {"type": ["string", "null"]},
                 },
             },
+            "payments": {"type": "array", "items": _ref("Payment")},
+            "pending_edit": {"anyOf": [_ref("PendingEdit"), {"type": "null"}]},
             "created_at": TIME,
+        },
+    },
+    "Payment": {
+        "type": "object",
+        "required": ["id", "payment_intent_id", "amount", "captured_amount", "refunded_amount", "status"],
+        "properties": {"id": ID, "payment_intent_id": {"type": "string"}, "amount": AMOUNT,
+                       "captured_amount": AMOUNT, "refunded_amount": AMOUNT, "status": {"type": "string", "enum": [
+                           "authorized", "capturing", "capture_failed", "captured", "canceling", "canceled"]}},
+    },
+    "PendingEdit": {
+        "type": "object",
+        "description": "An increase the card's authorization cannot be raised to: the customer confirms "
+                       "`payment_intent` (for `amount_due`), then the edit applies.",
+        "required": ["id", "status", "items", "total", "amount_due", "payment_intent", "expires_at"],
+        "properties": {
+            "id": ID,
+            "status": {"type": "string", "enum": ["requires_payment"]},
+            "items": {"type": "array", "items": {
+                "type": "object",
+                "required": ["id", "product_id", "title", "quantity", "unit_amount", "total"],
+                "properties": {"id": {"type": "null"}, "product_id": ID, "title": {"type": "string"},
+                               "quantity": {"type": "integer", "minimum": 1}, "unit_amount": AMOUNT,
+                               "total": AMOUNT}}},
+            "total": AMOUNT,
+            "amount_due": AMOUNT,
+            "payment_intent": _ref("PaymentIntent"),
+            "expires_at": TIME,
         },
     },
     "NewCart": {
@@ -146,6 +175,14 @@ def _op(summary: str, ok: dict, *, body: str | None = None, extra: dict | None =
     return op
 
 
+def _with_pending_edit(op: dict) -> dict:
+    """The edit's 202: the order unchanged, and the pending edit the customer must pay."""
+    accepted = {"type": "object", "required": ["order", "pending_edit"],
+                "properties": {"order": _ref("Order"), "pending_edit": _ref("PendingEdit")}}
+    op["responses"]["202"] = {"description": "The increase waits for a second payment", "content": _json(accepted)}
+    return op
+
+
 def _wrapped(key: str, schema: str) -> dict:
     return {"type": "object", "required": [key], "properties": {key: _ref(schema)}}
 
@@ -153,6 +190,7 @@ def _wrapped(key: str, schema: str) -> dict:
 CART_ID = {"name": "cart_id", "in": "path", "required": True, "schema": ID}
 ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": ID}
 LINE_ID = {"name": "line_id", "in": "path", "required": True, "schema": ID}
+EDIT_ID = {"name": "edit_id", "in": "path", "required": True, "schema": ID}
 CART = _wrapped("cart", "Cart")
 ORDER = _wrapped("order", "Order")
 
@@ -187,9 +225,15 @@ DOCUMENT = {
         "/store/orders/{order_id}": {"parameters": [ORDER_ID], "get": _op("Get an order", ORDER)},
         "/store/orders/{order_id}/edits": {
             "parameters": [ORDER_ID],
-            "post": _op("Replace the order's items during the grace period", ORDER, body="OrderEdit",
-                        extra={"402": "Authorization increase declined or unsupported",
-                               "409": "Grace period expired", "503": "Stripe unavailable"}),
+            "post": _with_pending_edit(_op("Replace the order's items during the grace period", ORDER, body="OrderEdit",
+                                           extra={"402": "Authorization increase declined",
+                                                  "409": "Grace period expired", "503": "Stripe unavailable"})),
+        },
+        "/store/orders/{order_id}/edits/{edit_id}/complete": {
+            "parameters": [ORDER_ID, EDIT_ID],
+            "post": _op("Apply a pending edit once its PaymentIntent is authorized", ORDER,
+                        extra={"409": "Payment not authorized, grace period expired, or the edit was superseded",
+                               "503": "Stripe unavailable"}),
         },
         "/store/orders/{order_id}/cancel": {
             "parameters": [ORDER_ID],
