@@ -321,7 +321,7 @@ def test_list_rows_show_money_status_and_a_countdown(staff_client, client, sim_c
     page = text_of(staff_client.get("/admin/orders"))
     assert order_ids_on(page) == [jpy["id"], order["id"]]  # newest first
     row = re.search(rf'<tr data-order-id="{order["id"]}".*?</tr>', page, re.S).group(0)
-    assert f"#{order['display_id']}" in row and "ada@example.com" in row
+    assert f"#{order['display_id']}" in row and "ada@example.com" in row.replace("<wbr>", "")
     assert format_amount(order["total"], "usd") in row  # total and authorized
     assert "Authorized" in row and "Scheduled" in row
     countdown = re.search(r'data-grace-ends-at="([^"]+)"[^>]*>([^<]+)<', row)

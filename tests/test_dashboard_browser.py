@@ -163,17 +163,111 @@ def test_countdown_ticks_down_then_the_order_turns_captured(
     assert "Stripe event payment_intent.amount_capturable_updated" in page.locator(".timeline").text_content()
     page.screenshot(path=str(SCREENSHOTS / "order.png"), full_page=True)
 
-    # A phone: the page fits its width and the table scrolls inside its own box.
+    # A phone: the orders are cards, the countdown and capture status of the first one on screen.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                 storage_state=context.storage_state())
     small = phone.new_page()
     small.goto(f"{live_server}/admin/orders")
-    assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    assert small.evaluate("(w => w.scrollWidth > w.clientWidth)(document.querySelector('.table-wrap'))")
+    assert_fits_its_width(small)
     small.screenshot(path=str(SCREENSHOTS / "orders-phone.png"), full_page=False)
     phone.close()
 
     assert problems == [], problems  # no script errors, no Content-Security-Policy violations
+    context.close()
+
+
+def sign_in(page, live_server: str) -> None:
+    page.goto(f"{live_server}/admin/login")
+    page.get_by_label("Email").fill(STAFF_EMAIL)
+    page.get_by_label("Password").fill(STAFF_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/admin/orders$"))
+
+
+def assert_fits_its_width(page) -> None:
+    """No sideways scrolling: the document is no wider than the viewport."""
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"page is {widths[0]} px wide in a {widths[1]} px viewport"
+
+
+def assert_on_screen(locator, page) -> None:
+    """Visible, and horizontally inside the viewport (a reader need not scroll sideways to it)."""
+    assert locator.is_visible()
+    box = locator.bounding_box()
+    width = page.evaluate("window.innerWidth")
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (box, width)
+
+
+LONG_EMAIL = "margaret.hamilton-apollo-guidance@software-engineering.example.com"
+
+
+def order_with_long_texts(app, client, sim_control) -> dict:
+    """An edited order with a long email, and a Stripe event whose processing failed with a long error."""
+    from app.extensions import db
+    from app.models import Payment, WebhookEvent
+    from tests.helpers import add_item, new_cart, payment_intent, product_ids
+
+    cart = new_cart(client, "usd", email=LONG_EMAIL)
+    products = product_ids(client, "usd")
+    add_item(client, cart["id"], products[0], 3)
+    intent = payment_intent(client, cart["id"])
+    sim_control.confirm(intent["id"])
+    order = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
+    edit = client.post(f"/store/orders/{order['id']}/edits", json={"items": [{"product_id": products[0], "quantity": 1}]})
+    assert edit.status_code == 200, edit.get_json()
+    with app.app_context():
+        payment = db.session.query(Payment).filter_by(order_id=order["id"]).one()
+        db.session.add(WebhookEvent(
+            id="evt_browser_long_error", type="payment_intent.amount_capturable_updated", payload="{}",
+            object_id=payment.stripe_payment_intent_id, attempts=3,
+            last_error="StripeConnectionError: HTTPSConnectionPool(host='api.stripe.com', port=443): "
+                       "Max retries exceeded with url: /v1/payment_intents/" + payment.stripe_payment_intent_id,
+        ))
+        db.session.commit()
+    return order
+
+
+@pytest.mark.parametrize("width", [360, 390, 1280])
+def test_list_and_order_pages_fit_the_screen(app, client, sim_control, live_server, browser, staff,
+                                             plain_http_cookies, width):
+    background_orders(app, client, sim_control)
+    order = order_with_long_texts(app, client, sim_control)
+    context = browser.new_context(viewport={"width": width, "height": 860}, is_mobile=width < 700,
+                                  device_scale_factor=2 if width < 700 else 1)
+    page = context.new_page()
+    sign_in(page, live_server)
+
+    assert_fits_its_width(page)
+    row = page.locator(f'[data-order-id="{order["id"]}"]')
+    assert_on_screen(row.locator("[data-grace-ends-at]"), page)
+    assert_on_screen(row.locator(".c-capture .badge"), page)
+    assert_on_screen(row.locator(".c-total"), page)
+    assert_on_screen(row.locator("[data-next-step]"), page)
+    assert "Captures 18.00 USD at" in row.locator("[data-next-step]").text_content()
+    page.screenshot(path=str(SCREENSHOTS / f"fit-orders-{width}.png"), full_page=True)
+
+    page.goto(f"{live_server}/admin/orders/{order['id']}")
+    assert_fits_its_width(page)
+    assert_on_screen(page.locator("[data-grace-ends-at]"), page)
+    assert_on_screen(page.locator(".badges"), page)
+    # The email wraps before its @ or a dot, or after a hyphen: never inside a word.
+    email = page.locator(".facts dd.email")
+    assert email.text_content() == LONG_EMAIL
+    lines = page.evaluate("""el => {
+        const range = document.createRange(), tops = new Map();
+        for (const node of el.childNodes) {
+            if (node.nodeType !== Node.TEXT_NODE) continue;
+            for (let i = 0; i < node.length; i++) {
+                range.setStart(node, i); range.setEnd(node, i + 1);
+                const top = Math.round(range.getBoundingClientRect().top);
+                tops.set(top, (tops.get(top) || "") + node.data[i]);
+            }
+        }
+        return [...tops.values()];
+    }""", email.element_handle())
+    for before, line in zip(lines, lines[1:]):
+        assert line[0] in "@." or before.endswith("-"), f"the email breaks inside a word: {lines}"
+    page.screenshot(path=str(SCREENSHOTS / f"fit-order-{width}.png"), full_page=True)
     context.close()
 
 

@@ -11,7 +11,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from app.dashboard.auth import authenticate, current_staff, end_session, safe_next_url, start_session
-from app.dashboard.display import countdown, init_template_helpers, money, next_step
+from app.dashboard.display import countdown, init_template_helpers, money, next_step, next_step_brief
 from app.dashboard.forms import (
     CAPTURE_STATUSES,
     PAYMENT_STATUSES,
@@ -144,11 +144,13 @@ def orders():
     page = list_orders(filters, now, after=request.args.get("after"), before=request.args.get("before"))
     checks = operations_checks(now)
     countdowns = {row.order.id: countdown(row.order, row.payment, now) for row in page.rows}
+    next_steps = {row.order.id: next_step_brief(row.order, row.payment, now) for row in page.rows}
     return render_template(
         "admin/orders.html",
         filters=filters,
         page=page,
         countdowns=countdowns,
+        next_steps=next_steps,
         checks=checks,
         overall=overall_level(checks),
         now=now,
