@@ -271,6 +271,43 @@ def test_list_and_order_pages_fit_the_screen(app, client, sim_control, live_serv
     context.close()
 
 
+def test_the_order_page_follows_a_stripe_event_until_it_is_processed(
+    app, client, sim_control, live_server, browser, staff, plain_http_cookies
+):
+    from app.extensions import db
+    from app.models import Payment, WebhookEvent
+    from app.models.base import utcnow
+
+    order = place_order(client, sim_control)
+    with app.app_context():
+        payment = db.session.query(Payment).filter_by(order_id=order["id"]).one()
+        # Stored, not processed yet: as a webhook is for the moment between its two transactions.
+        db.session.add(WebhookEvent(id="evt_browser_pending", type="charge.refunded", payload="{}",
+                                    object_id=payment.stripe_payment_intent_id))
+        db.session.commit()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    polls: list[str] = []
+    page.on("request", lambda request: polls.append(request.url) if request.url.endswith("/state") else None)
+    sign_in(page, live_server)
+    page.goto(f"{live_server}/admin/orders/{order['id']}")
+    timeline = page.locator(".timeline")
+    assert "evt_browser_pending — not processed yet" in timeline.text_content()
+    page.evaluate("window.notReloaded = true")
+
+    with app.app_context():
+        db.session.get(WebhookEvent, "evt_browser_pending").processed_at = utcnow()
+        db.session.commit()
+    assert wait_for(lambda: "evt_browser_pending — processed" in timeline.text_content(), page, timeout=10), \
+        timeline.text_content()
+    assert page.evaluate("window.notReloaded === true")  # the page's parts were swapped, not reloaded
+    # Settled: the polling stops (its first interval is one second).
+    settled_at = len(polls)
+    page.wait_for_timeout(2500)
+    assert len(polls) == settled_at, polls
+    context.close()
+
+
 def test_keyboard_focus_is_visible(live_server, browser, staff, plain_http_cookies):
     context = browser.new_context()
     page = context.new_page()

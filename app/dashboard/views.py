@@ -7,7 +7,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 
 from app.dashboard.auth import authenticate, current_staff, end_session, safe_next_url, start_session
@@ -21,6 +21,7 @@ from app.dashboard.forms import (
     decimal_text,
     parse_amount,
 )
+from app.dashboard.freshness import pending_work, state_token
 from app.dashboard.operations import operations_checks, overall_level
 from app.dashboard.queries import OrderDetail, list_orders, load_order_detail
 from app.dashboard.timeline import build_timeline
@@ -202,6 +203,8 @@ def order(order_id: str):
     now = utcnow()
     return render_template(
         "admin/order.html",
+        pending=pending_work(detail, now),
+        state_token=state_token(detail),
         detail=detail,
         order=detail.order,
         payment=detail.payment,
@@ -215,6 +218,15 @@ def order(order_id: str):
         if detail.payment is not None and detail.payment.refundable_amount > 0 else "",
         now=now,
     )
+
+
+@bp.get("/orders/<order_id>/state")
+def order_state(order_id: str):
+    """What is still under way on the order, and a token of what its page shows (the page polls it)."""
+    detail = load_order_detail(order_id)
+    if detail is None:
+        abort(404)
+    return jsonify({"pending": pending_work(detail, utcnow()), "token": state_token(detail)})
 
 
 @bp.route("/orders/<order_id>/<any(capture, cancel, refund, retry):action>", methods=["GET", "POST"])
