@@ -923,3 +923,18 @@ def test_the_order_page_says_while_a_stripe_event_is_unprocessed_and_its_state_c
 
 def test_the_order_state_of_an_unknown_order_is_404(staff_client):
     assert staff_client.get("/admin/orders/order_nope/state").status_code == 404
+
+
+def test_the_payment_collection_shows_the_total_after_an_edit_not_the_checkout_amount(
+    staff_client, client, sim_control
+):
+    order = place_order(client, sim_control)  # 2 × mug + 1 × the second product
+    products = [item["product_id"] for item in order["items"]]
+    edit = client.post(f"/store/orders/{order['id']}/edits", json={"items": [{"product_id": products[0], "quantity": 1}]})
+    total = edit.get_json()["order"]["total"]
+    assert total < order["total"]
+    page = text_of(staff_client.get(f"/admin/orders/{order['id']}"))
+    amount = re.search(r"<h3>Payment collection</h3>.*?<dt>Amount</dt><dd[^>]*>(.*?)</dd>", page, re.S).group(1)
+    amount = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", amount)).strip()
+    assert amount == (f"{format_amount(total, 'usd')} the order's total now "
+                      f"({format_amount(order['total'], 'usd')} at checkout)")
