@@ -27,6 +27,8 @@ from tests.helpers import place_order  # noqa: E402
 # The README's screenshots are refreshed on purpose (`SCREENSHOTS_DIR=docs/screenshots make test
 # PYTEST_ARGS=tests/test_dashboard_browser.py`); a plain test run leaves the tracked files alone.
 SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "dashboard-screenshots")
+# The screen-width checks' own screenshots (to look at, not for the README) always go to a temporary folder.
+FIT_SCREENSHOTS = Path(tempfile.gettempdir()) / "dashboard-screenshots" / "fit"
 STAFF_EMAIL = "ops@example.com"
 STAFF_PASSWORD = "correct horse battery staple"
 CHROMIUM_ARGS = [
@@ -77,7 +79,7 @@ def wait_for(predicate, page, timeout: float, step_ms: int = 100, between=None):
     return predicate()
 
 
-def background_orders(app, client, sim_control) -> None:
+def background_orders(app, client, sim_control) -> dict:
     """A few orders in other states, so the list looks like a real day's (and the screenshot shows them)."""
     from app.payments.cancellation import cancel_order
     from app.payments.capture import capture_now
@@ -91,6 +93,7 @@ def background_orders(app, client, sim_control) -> None:
         capture_now(captured["id"], actor="staff:ops@example.com")
         refund_order(captured["id"], 1500, actor="staff:ops@example.com")
         cancel_order(canceled["id"], actor="customer")
+    return {"captured": captured, "canceled": canceled}
 
 
 def test_countdown_ticks_down_then_the_order_turns_captured(
@@ -185,16 +188,18 @@ def sign_in(page, live_server: str) -> None:
 
 
 def assert_fits_its_width(page) -> None:
-    """No sideways scrolling: the document is no wider than the viewport."""
+    """No sideways scrolling: the document is no wider than the screen. (Compared with the viewport
+    asked for: a mobile browser zooms out to show overflowing content, widening `innerWidth` with it.)"""
+    width = page.viewport_size["width"]
     widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-    assert widths[0] <= widths[1], f"page is {widths[0]} px wide in a {widths[1]} px viewport"
+    assert widths[0] <= width and widths[1] <= width, f"{page.url} is {widths[0]} px wide on a {width} px screen"
 
 
 def assert_on_screen(locator, page) -> None:
-    """Visible, and horizontally inside the viewport (a reader need not scroll sideways to it)."""
+    """Visible, and horizontally inside the screen (a reader need not scroll sideways to it)."""
     assert locator.is_visible()
     box = locator.bounding_box()
-    width = page.evaluate("window.innerWidth")
+    width = page.viewport_size["width"]
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (box, width)
 
 
@@ -230,7 +235,7 @@ def order_with_long_texts(app, client, sim_control) -> dict:
 @pytest.mark.parametrize("width", [360, 390, 1280])
 def test_list_and_order_pages_fit_the_screen(app, client, sim_control, live_server, browser, staff,
                                              plain_http_cookies, width):
-    background_orders(app, client, sim_control)
+    others = background_orders(app, client, sim_control)
     order = order_with_long_texts(app, client, sim_control)
     context = browser.new_context(viewport={"width": width, "height": 860}, is_mobile=width < 700,
                                   device_scale_factor=2 if width < 700 else 1)
@@ -244,12 +249,16 @@ def test_list_and_order_pages_fit_the_screen(app, client, sim_control, live_serv
     assert_on_screen(row.locator(".c-total"), page)
     assert_on_screen(row.locator("[data-next-step]"), page)
     assert "Captures 18.00 USD at" in row.locator("[data-next-step]").text_content()
-    page.screenshot(path=str(SCREENSHOTS / f"fit-orders-{width}.png"), full_page=True)
+    FIT_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(FIT_SCREENSHOTS / f"orders-{width}.png"), full_page=True)
 
     page.goto(f"{live_server}/admin/orders/{order['id']}")
     assert_fits_its_width(page)
     assert_on_screen(page.locator("[data-grace-ends-at]"), page)
     assert_on_screen(page.locator(".badges"), page)
+    items = page.locator('[aria-labelledby="items-title"] .table-wrap')
+    sizes = items.evaluate("w => [w.scrollWidth, w.clientWidth]")
+    assert sizes[0] <= sizes[1], f"the items table scrolls sideways: {sizes}"
     # The email wraps before its @ or a dot, or after a hyphen: never inside a word.
     email = page.locator(".facts dd.email")
     assert email.text_content() == LONG_EMAIL
@@ -267,7 +276,12 @@ def test_list_and_order_pages_fit_the_screen(app, client, sim_control, live_serv
     }""", email.element_handle())
     for before, line in zip(lines, lines[1:]):
         assert line[0] in "@." or before.endswith("-"), f"the email breaks inside a word: {lines}"
-    page.screenshot(path=str(SCREENSHOTS / f"fit-order-{width}.png"), full_page=True)
+    page.screenshot(path=str(FIT_SCREENSHOTS / f"order-{width}.png"), full_page=True)
+
+    for other in others.values():  # a captured (and refunded) order and a canceled one
+        page.goto(f"{live_server}/admin/orders/{other['id']}")
+        assert_fits_its_width(page)
+        assert_on_screen(page.locator("[data-grace-ends-at]"), page)
     context.close()
 
 
