@@ -938,3 +938,14 @@ def test_the_payment_collection_shows_the_total_after_an_edit_not_the_checkout_a
     amount = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", amount)).strip()
     assert amount == (f"{format_amount(total, 'usd')} the order's total now "
                       f"({format_amount(order['total'], 'usd')} at checkout)")
+
+
+@pytest.mark.parametrize("state, pending", [
+    ("authorized", []), ("overdue", ["capture_due"]), ("capturing_stuck", ["payment_capturing"]),
+    ("captured", []), ("capture_failed", []), ("canceled_by_customer", []),
+])
+def test_the_order_page_polls_only_while_something_is_under_way(staff_client, db_session, state, pending):
+    order = make_order(db_session, state=state)
+    assert staff_client.get(f"/admin/orders/{order.id}/state").get_json()["pending"] == pending
+    page = text_of(staff_client.get(f"/admin/orders/{order.id}"))
+    assert ("data-pending=" in page) == bool(pending)

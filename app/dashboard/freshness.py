@@ -3,7 +3,7 @@
 The order page polls `GET /admin/orders/{id}/state` (static/dashboard.js) while `pending_work`
 names anything: a Stripe event stored but not processed yet, a capture or cancel in flight, a
 capture due now, a refund Stripe has not settled. When the token differs from the one the page
-was rendered with, the page reloads itself; once nothing is pending it stops polling.
+was rendered with, the page swaps in its fresh self; once nothing is pending it stops polling.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ def pending_work(detail: OrderDetail, now: datetime) -> list[str]:
     # A failed event is not "about to change": it is shown red and retried on its own schedule.
     if any(e.processed_at is None and not e.last_error for e in detail.events):
         reasons.append("stripe_event_unprocessed")
-    payment = detail.payment
-    if payment is not None:
-        if payment.status in (PaymentStatus.CAPTURING, PaymentStatus.CANCELING):
-            reasons.append(f"payment_{payment.status}")
-        elif payment.status == PaymentStatus.AUTHORIZED and payment.capture_due_at <= now:
-            reasons.append("capture_due")
+    # Every payment of the order, not only the latest: an order may hold more than one authorization.
+    for status in (PaymentStatus.CAPTURING, PaymentStatus.CANCELING):
+        if any(p.status == status for p in detail.payments):
+            reasons.append(f"payment_{status}")
+    if any(p.status == PaymentStatus.AUTHORIZED and p.capture_due_at <= now for p in detail.payments):
+        reasons.append("capture_due")
     if any(r.status in RefundStatus.OPEN for r in detail.refunds):
         reasons.append("refund_pending")
     return reasons
