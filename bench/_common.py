@@ -417,13 +417,19 @@ def fake_id(prefix: str, n: int, salt: str) -> str:
     return f"{prefix}_{body}"
 
 
+SECOND_PAYMENT_AMOUNT = 2400  # an increase paid with a second authorization (order increases)
+
+
 def order_rows(n: int, *, now: dt.datetime, salt: str, statuses: Sequence[str], due_at: Sequence[dt.datetime],
                authorized_at: Sequence[dt.datetime], intents: Sequence[str] | None = None,
                claimed_at: Sequence[dt.datetime | None] | None = None,
-               offset: int = 0) -> dict[str, list[dict[str, Any]]]:
+               offset: int = 0, second_intents: Sequence[str] | None = None,
+               second_amount: int = SECOND_PAYMENT_AMOUNT) -> dict[str, list[dict[str, Any]]]:
     """Rows for carts, orders, payment_collections, payment_sessions and payments: one chain per order.
 
-    Ids are numbered from `offset`, so batches with the same salt do not collide.
+    Ids are numbered from `offset`, so batches with the same salt do not collide. With
+    `second_intents`, every order also has a second authorized payment of `second_amount` (an
+    increase paid separately), and its total covers both.
     """
     tables: dict[str, list[dict[str, Any]]] = {t: [] for t in ("carts", "orders", "payment_collections",
                                                                  "payment_sessions", "payments")}
@@ -459,6 +465,16 @@ def order_rows(n: int, *, now: dt.datetime, salt: str, statuses: Sequence[str], 
             capture_attempts=1 if captured else 0, last_capture_error=None,
             captured_at=due_at[i] if captured else None, canceled_at=None, cancellation_reason=None,
             created_at=created, updated_at=created))
+        if second_intents:
+            second = dict(tables["payments"][-1], id=fake_id("pay2", k, salt), payment_session_id=fake_id("payses2", k, salt),
+                          stripe_payment_intent_id=second_intents[i], amount=second_amount,
+                          created_at=created + dt.timedelta(seconds=1), updated_at=created + dt.timedelta(seconds=1))
+            tables["payment_sessions"].append(dict(tables["payment_sessions"][-1], id=second["payment_session_id"],
+                                                   stripe_payment_intent_id=second_intents[i],
+                                                   idempotency_key=f"bench-{k}-2", amount=second_amount))
+            tables["payments"].append(second)
+            tables["orders"][-1]["total"] = amount + second_amount
+            tables["payment_collections"][-1]["amount"] = amount + second_amount
     return tables
 
 

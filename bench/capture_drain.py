@@ -29,7 +29,9 @@ LIMIT = 100.0
 
 
 def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float | None, time_limit: float,
-          tag: str, worker_count: int = 2, budget: int = 0) -> dict:
+          tag: str, worker_count: int = 2, budget: int = 0, payments_per_order: int = 1) -> dict:
+    """Drain `count` captures: `count` orders of one payment, or `count // 2` orders of two payments
+    (an increase paid with a second authorization) with `payments_per_order=2`: the same Stripe work."""
     from sqlalchemy import text
 
     from app.extensions import db
@@ -46,11 +48,14 @@ def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float
                               "capture_attempts, order_transactions CASCADE"))
         db.session.remove()
     print(f"   [{tag}] authorizing {count:,} PaymentIntents at the simulator ...", flush=True)
-    intents = c.authorized_intents(sim_url, count)
+    orders = count // payments_per_order
+    intents = c.authorized_intents(sim_url, orders)
+    second = c.authorized_intents(sim_url, orders, amount=c.SECOND_PAYMENT_AMOUNT) if payments_per_order == 2 else None
+    count = orders * payments_per_order
     now = dt.datetime.now(UTC)
     due = now - dt.timedelta(seconds=1)
-    rows = c.order_rows(count, now=now, salt="d", statuses=["authorized"] * count, due_at=[due] * count,
-                        authorized_at=[now - dt.timedelta(hours=1)] * count, intents=intents)
+    rows = c.order_rows(orders, now=now, salt="d", statuses=["authorized"] * orders, due_at=[due] * orders,
+                        authorized_at=[now - dt.timedelta(hours=1)] * orders, intents=intents, second_intents=second)
     c.insert_rows(app, rows)
     order_ids = [row["id"] for row in rows["orders"]]
     requests_before = control.ledger()["requests"]
@@ -122,10 +127,15 @@ def drain(lab_env, app, procs, tmp, sim_url, redis_url, count: int, limit: float
             failed_429 += 1
     captured = counts.get("captured", 0)
     drain_s = (captured_at[-1] - t0) if captured_at else float("nan")
+    lags = [at - due.timestamp() for at in captured_at]
     return {
         "tag": tag,
         "workers": worker_count,
         "count": count,
+        "payments_per_order": payments_per_order,
+        "orders": orders,
+        "lag_p50_s": c.pct(lags, 50),
+        "lag_p99_s": c.pct(lags, 99),
         "limit_rps": limit,
         "enqueued_in_s": enqueued_in,
         "drained": captured >= count,
@@ -158,6 +168,9 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=0,
                         help="also drain with the app's shared Stripe budget (STRIPE_MAX_REQUESTS_PER_SECOND)")
     parser.add_argument("--limit", type=float, default=LIMIT, help="requests/s the simulator allows (default 100)")
+    parser.add_argument("--two-payments", action="store_true",
+                        help="also drain the same number of captures as orders of two payments (order increases), "
+                             "and compare (P6)")
     args = parser.parse_args()
     count = args.n or (500 if args.quick else 10_000)
     time_limit = args.time_limit or (20.0 if args.quick else 240.0)
@@ -175,6 +188,9 @@ def main() -> int:
                                  args.workers))
         results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit, f"{limit:.0f}/s",
                              args.workers))
+        if args.two_payments:
+            results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit,
+                                 f"{limit:.0f}/s, 2 payments/order", args.workers, payments_per_order=2))
         if args.budget:
             results.append(drain(env, app, procs, tmp, sim_url, redis_url, count, limit, time_limit,
                                  f"{limit:.0f}/s, app budget {args.budget}/s", args.workers, budget=args.budget))
@@ -188,7 +204,14 @@ def main() -> int:
     print()
     print(c.table(["limit", "workers", "due", "captured", "drain s", "captures/s", "× limit", "Stripe reqs", "429s",
                    "retrying", "RQ failed", "capture_failed"], rows, digits=2))
-    main_res = next(r for r in reversed(results) if r["limit_rps"])
+    main_res = next(r for r in results if r["limit_rps"] and r.get("payments_per_order", 1) == 1)
+    two = next((r for r in results if r.get("payments_per_order") == 2), None)
+    if two is not None:
+        rate = two["captures_per_s"] / main_res["captures_per_s"] if main_res["captures_per_s"] else float("nan")
+        lag = two["lag_p99_s"] / main_res["lag_p99_s"] if main_res["lag_p99_s"] else float("nan")
+        print(f"P6 two payments per order vs one, same captures: captures/s × {rate:.3f}, capture lag p99 × {lag:.3f} "
+              f"(p50 {two['lag_p50_s']:.2f} s vs {main_res['lag_p50_s']:.2f} s) → goal within 10%: "
+              f"{'meets' if rate >= 0.9 and lag <= 1.1 else 'MISSES'} (no slower than 10%)")
     print(f"left when stopped: {main_res['status_counts']}; scheduled retries {main_res['rq_scheduled_retries_left']}, "
           f"queued {main_res['rq_queued_left']}; errors on open payments: {main_res['open_payment_errors']}")
     share = main_res["share_of_limit"] or 0.0
@@ -198,6 +221,8 @@ def main() -> int:
     name = "capture_drain"
     if args.workers != 2 or limit != LIMIT:
         name += f"_{args.workers}w_{limit:.0f}rps"
+    if args.two_payments:
+        name += "_two_payments"
     c.save_results(name, args, {"limit_rps": limit, "results": results})
     return 0
 
