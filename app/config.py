@@ -73,6 +73,9 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
+        smtp_url = os.environ.get("SMTP_URL") or None
+        if smtp_url and not smtp_url.startswith(("smtp://", "smtps://")):
+            raise ConfigError("SMTP_URL must look like smtp://user:pass@host:port or smtps://user:pass@host:port")
         origins = tuple(o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             redis_url=os.environ.get("REDIS_URL") or None,
@@ -93,7 +96,7 @@ class Settings:
                                                  "how long a cancel, refund or event may stay in flight"),
             resend_api_key=os.environ.get("RESEND_API_KEY") or None,
             resend_api_base=os.environ.get("RESEND_API_BASE") or None,
-            smtp_url=os.environ.get("SMTP_URL") or None,
+            smtp_url=smtp_url,
             mail_from=os.environ.get("MAIL_FROM") or "orders@localhost",
             storefront_order_url=os.environ.get("STOREFRONT_ORDER_URL") or None,
         )
