@@ -187,6 +187,44 @@ def test_the_same_change_reported_twice_inside_transactions_keeps_the_first_and_
     assert db_session.query(OrderChange).filter_by(order_id=order["id"], version=9).count() == 1
 
 
+def test_concurrent_reports_of_one_change_write_one_row_and_every_transaction_commits(app, client, sim_control,
+                                                                                  db_session, is_postgres):
+    """Six transactions report the same change at once: on PostgreSQL a check-then-insert would let two
+    see no row and the second insert fail its whole transaction; ON CONFLICT DO NOTHING cannot."""
+    from app.db_tx import write_transaction
+    from app.models import Notice, Order, OrderChange
+    from app.notices import outbox
+
+    order = place_order(client, sim_control)
+    db_session.query(Notice).filter_by(order_id=order["id"]).delete()
+    db_session.commit()
+    barrier, errors = threading.Barrier(6), []
+
+    def report(version: int):
+        try:
+            with app.app_context():
+                if not is_postgres:
+                    barrier.wait(timeout=10)  # SQLite's BEGIN IMMEDIATE lets one writer in at a time
+                with write_transaction() as session:
+                    row = session.get(Order, order["id"])
+                    if is_postgres:
+                        barrier.wait(timeout=10)  # all six inside their transactions, none committed
+                    outbox.order_placed(row)
+                    session.add(OrderChange(order_id=order["id"], version=version, items_before=[], items_after=[],
+                                            total_before=1, total_after=1, authorized_before=1, authorized_after=1))
+        except Exception as exc:  # noqa: BLE001 (the test reports it)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=report, args=(10 + i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert kinds_of(db_session, order["id"]) == ["order_placed"]
+    assert db_session.query(OrderChange).filter_by(order_id=order["id"]).count() == 6
+
+
 def test_a_direct_edit_writes_order_edited_with_the_new_items_and_total(app, client, sim_control, db_session):
     order = place_order(client, sim_control)
     response = client.post(f"/store/orders/{order['id']}/edits",
@@ -386,26 +424,38 @@ def test_a_provider_4xx_is_recorded_as_failed_and_shown_to_staff(app, client, si
     assert "re_test_secret_key" not in page
 
 
+def _resend_form(staff_client, notice_id: str) -> dict:
+    confirm = staff_client.get(f"/admin/notices/{notice_id}/resend")
+    assert confirm.status_code == 200
+    page = confirm.get_data(as_text=True)
+    return {"csrf_token": csrf_from(page), "confirmed": "yes",
+            "request_token": re.search(r'name="request_token" value="([^"]+)"', page).group(1)}
+
+
 def test_a_failed_notice_is_resent_once_however_often_its_confirmation_is_posted(
         app, client, sim_control, db_session, resend, staff_client):
-    resend.script = [(422, {"statusCode": 422, "name": "validation_error", "message": "bad"})]
+    refused = (422, {"statusCode": 422, "name": "validation_error", "message": "bad"})
+    resend.script = [refused, refused]  # the first send and the first resend are refused
     order = place_order(client, sim_control)
     drain_queues(app)
     [notice] = notices_of(db_session, order["id"])
-    confirm = staff_client.get(f"/admin/notices/{notice.id}/resend")
-    assert confirm.status_code == 200
-    page = confirm.get_data(as_text=True)
-    form = {"csrf_token": csrf_from(page), "confirmed": "yes",
-            "request_token": re.search(r'name="request_token" value="([^"]+)"', page).group(1)}
+    form = _resend_form(staff_client, notice.id)
     assert staff_client.post(f"/admin/notices/{notice.id}/resend", data={**form, "csrf_token": ""}).status_code == 400
-    for _ in range(2):  # a double click
+    for _ in range(2):  # a double click, or the page resubmitted after the resend failed again
         assert staff_client.post(f"/admin/notices/{notice.id}/resend", data=form).status_code == 302
         drain_queues(app)
     [notice] = notices_of(db_session, order["id"])
-    assert notice.status == "sent" and notice.generation == 1
+    assert notice.status == "failed" and notice.generation == 1
+    assert staff_client.post(f"/admin/notices/{notice.id}/resend",
+                             data=_resend_form(staff_client, notice.id)).status_code == 302  # a new confirmation
+    drain_queues(app)
+    [notice] = notices_of(db_session, order["id"])
+    assert notice.status == "sent" and notice.generation == 2
     assert [r["headers"]["Idempotency-Key"] for r in resend.requests] == [
-        f"notice:order_placed:{order['id']}:0", f"notice:order_placed:{order['id']}:1"]
+        f"notice:order_placed:{order['id']}:{generation}" for generation in range(3)]
     assert len(resend.delivered) == 1
+    page = text_of(staff_client.get(f"/admin/notices/{notice.id}/resend", follow_redirects=True))
+    assert "Only a failed notice can be resent; this one is sent." in page
 
 
 def test_the_sweep_queues_a_notice_whose_enqueue_was_lost_after_the_commit(app, client, sim_control, db_session,
