@@ -564,3 +564,106 @@ def test_staff_read_the_outbox_and_the_order_timeline_shows_its_notices(app, cli
     assert "Notice order_placed to ada@example.com" in timeline
     assert staff_client.get("/admin/notices/ntc_nope").status_code == 404
     assert staff_client.get("/admin/notices?status=bogus").status_code == 200
+
+
+# --- SMTP ------------------------------------------------------------------------------------------
+
+
+class SmtpStandIn:
+    """A minimal SMTP server on loopback (EHLO, AUTH PLAIN, MAIL, RCPT, DATA): keeps each message, and
+    answers RCPT with `rcpt_reply` when set (a 550 refusal, a 451 "try later")."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.messages: list[dict] = []
+        self.logins: list[str] = []
+        self.rcpt_reply: str | None = None
+        stand_in = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def reply(self, line: str) -> None:
+                self.wfile.write(line.encode() + b"\r\n")
+
+            def handle(self) -> None:
+                self.reply("220 stand-in ESMTP")
+                sender, recipients = None, []
+                while True:
+                    line = self.rfile.readline().decode().rstrip("\r\n")
+                    verb = line.split(" ", 1)[0].upper()
+                    if verb == "EHLO":
+                        self.wfile.write(b"250-stand-in\r\n250 AUTH PLAIN\r\n")
+                    elif verb == "AUTH":
+                        stand_in.logins.append(line.split(" ", 2)[2])
+                        self.reply("235 ok")
+                    elif verb == "MAIL":
+                        sender = line
+                        self.reply("250 ok")
+                    elif verb == "RCPT":
+                        if stand_in.rcpt_reply:
+                            self.reply(stand_in.rcpt_reply)
+                        else:
+                            recipients.append(line)
+                            self.reply("250 ok")
+                    elif verb == "DATA":
+                        self.reply("354 go on")
+                        data = []
+                        while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
+                            data.append(chunk)
+                        stand_in.messages.append({"from": sender, "to": recipients, "data": b"".join(data).decode()})
+                        self.reply("250 queued")
+                    elif verb in ("QUIT", ""):
+                        self.reply("221 bye")
+                        return
+                    else:
+                        self.reply("250 ok")
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def smtp(settings):
+    stand_in = SmtpStandIn()
+    settings(smtp_url=f"smtp://shop%40example.com:s3cret@127.0.0.1:{stand_in.port}", mail_from="orders@shop.example")
+    yield stand_in
+    stand_in.stop()
+
+
+def test_smtp_sends_a_multipart_message_with_the_notice_key_as_message_id(app, client, sim_control, db_session, smtp):
+    import base64
+    import email
+
+    order = place_order(client, sim_control)
+    drain_queues(app)
+    [message] = smtp.messages
+    assert base64.b64decode(smtp.logins[0]) == b"\0shop@example.com\0s3cret"
+    parsed = email.message_from_string(message["data"])
+    assert parsed["To"] == "ada@example.com" and parsed["From"] == "orders@shop.example"
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert [part.get_content_type() for part in parsed.get_payload()] == ["text/plain", "text/html"]
+    [notice] = notices_of(db_session, order["id"])
+    assert notice.status == "sent" and notice.provider == "smtp" and notice.provider_message_id == parsed["Message-ID"]
+    assert "s3cret" not in (notice.provider_answer or "")
+
+
+def test_smtp_permanent_refusal_is_recorded_and_a_temporary_one_retried(app, client, sim_control, db_session, smtp):
+    from app.notices.delivery import NoticeRetryLater, send_notice
+
+    smtp.rcpt_reply = "451 4.3.0 try again later"
+    order = place_order(client, sim_control)
+    [notice] = notices_of(db_session, order["id"])
+    with app.app_context():
+        with pytest.raises(NoticeRetryLater):
+            send_notice(notice.id)
+        smtp.rcpt_reply = "550 5.1.1 no such user"
+        assert send_notice(notice.id) == "failed"
+    [notice] = notices_of(db_session, order["id"])
+    assert notice.status == "failed" and "550 5.1.1 no such user" in notice.provider_answer
+    assert smtp.messages == []

@@ -58,7 +58,7 @@ class SmtpProvider:
                     client.login(self._user, self._password or "")
                 refused = client.send_message(message)
         except smtplib.SMTPRecipientsRefused as exc:
-            raise MailRejected(_first_reply(exc.recipients)) from None
+            raise _refusal(exc.recipients) from None
         except smtplib.SMTPResponseException as exc:
             text = f"{exc.smtp_code} {_decode(exc.smtp_error)}"[:500]
             if 500 <= exc.smtp_code < 600:  # SMTP's permanent failures (its 4xx are "try later")
@@ -67,7 +67,7 @@ class SmtpProvider:
         except (smtplib.SMTPException, OSError, socket.timeout) as exc:
             raise MailUnavailable(f"SMTP server unavailable: {type(exc).__name__}") from None
         if refused:
-            raise MailRejected(_first_reply(refused))
+            raise _refusal(refused)
         return Accepted(self.name, message["Message-ID"], f"accepted by {self._host} as {message['Message-ID']}")
 
 
@@ -75,6 +75,8 @@ def _decode(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _first_reply(recipients: dict) -> str:
+def _refusal(recipients: dict) -> Exception:
+    """A 5xx reply to RCPT is final; a 4xx one (mailbox busy, greylisting) is worth a retry."""
     code, reply = next(iter(recipients.values()))
-    return f"{code} {_decode(reply)}"[:500]
+    text = f"{code} {_decode(reply)}"[:500]
+    return MailRejected(text) if 500 <= code < 600 else MailUnavailable(text)
