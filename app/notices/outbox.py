@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 
 from flask import current_app
-from sqlalchemy import event, func, select
+from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.extensions import db
@@ -138,8 +138,6 @@ def refund_issued(refund: Refund) -> str | None:
     """A refund that succeeded (ours, or one made in Stripe's dashboard): its amount."""
     payment = db.session.get(Payment, refund.payment_id)
     order = db.session.get(Order, payment.order_id)
-    refunded = db.session.scalar(
-        select(func.coalesce(func.sum(Payment.refunded_amount), 0)).where(Payment.order_id == order.id))
     return _insert(order, NoticeKind.REFUND_ISSUED, f"refund_issued:{order.id}:{refund.id}", {
-        **_base(order), "refund_id": refund.id, "amount": refund.amount, "refunded_total": int(refunded),
+        **_base(order), "refund_id": refund.id, "amount": refund.amount,
     })
