@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install clean
+.PHONY: run test install clean distclean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,5 +21,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
 
+## make clean: forget every order, together: the SQLite database and the simulator's state (the venv stays)
 clean:
-	rm -rf $(VENV) .run instance/*.sqlite3*
+	rm -rf .run instance/*.sqlite3* instance/stripe-sim-state.json*
+
+## make distclean: make clean, and the virtualenv too
+distclean: clean
+	rm -rf $(VENV)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from app.models import Cart, Order, OrderEdit, OrderEditStatus, OrderStatus, Payment, PaymentStatus
+from app.models import Cart, Order, OrderEdit, OrderEditStatus, OrderItem, OrderStatus, Payment, PaymentStatus
 from app.models.base import isoformat, utcnow
 from app.payments.order_payments import OrderPayments
 from app.payments.pending_edits import pending_edit_for
@@ -97,11 +97,8 @@ def pending_edit_json(edit: OrderEdit) -> dict:
     return {
         "id": edit.id,
         "status": edit.status,
-        "items": [
-            {"id": None, "product_id": i["product_id"], "title": i["title"], "quantity": i["quantity"],
-             "unit_amount": i["unit_amount"], "total": i["unit_amount"] * i["quantity"]}
-            for i in edit.items
-        ],
+        # The edit's items are snapshots, not order lines yet: they have no id.
+        "items": [line_item_json(OrderItem(id=None, **item)) for item in edit.items],
         "total": edit.total,
         "amount_due": edit.amount_due,
         "payment_intent": {

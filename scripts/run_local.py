@@ -21,6 +21,7 @@ from local_services import ROOT, ensure_redis, project_env
 PORT = int(os.environ.get("PORT", "5000"))
 SIM_PORT = int(os.environ.get("STRIPE_SIM_PORT", "12111"))
 STAFF_EMAIL = "admin@example.com"
+SIM_STATE_FILE = ROOT / "instance" / "stripe-sim-state.json"
 
 
 def flask(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
@@ -92,7 +93,13 @@ def _run(env: dict[str, str], redis_server, children: list[subprocess.Popen]) ->
         children.append(
             subprocess.Popen(
                 [sys.executable, "-m", "stripe_sim", "--host", "127.0.0.1", "--port", str(SIM_PORT),
-                 "--webhook-url", f"http://127.0.0.1:{PORT}/webhooks/stripe", "--webhook-secret", webhook_secret],
+                 "--webhook-url", f"http://127.0.0.1:{PORT}/webhooks/stripe", "--webhook-secret", webhook_secret,
+                 # Kept next to the SQLite database, so orders of an earlier run stay capturable;
+                 # `make clean` removes both.
+                 "--state-file", str(SIM_STATE_FILE),
+                 # Stripe retries a failed delivery for days; 12 attempts (about 13 minutes of
+                 # backoff) ride out the seconds before `web` listens, after a restart.
+                 "--max-delivery-attempts", "12"],
                 cwd=ROOT, env=env,
             )
         )

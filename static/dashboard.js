@@ -77,11 +77,77 @@
     if (note) { note.textContent = text; note.classList.add("stale"); }
   }
 
+  /* --- the order page follows what is under way: it polls the order's state (a small JSON
+   * answer) while the page says something is pending, swaps in the fresh page when the state
+   * changed, and stops once nothing is pending. --- */
+
+  var POLL_FIRST_MS = 1000;
+  var POLL_MAX_MS = 10000;   // a refund Stripe holds as pending may take long: poll less often
+  var pollDelay = POLL_FIRST_MS;
+
+  function orderHead() { return document.getElementById("order-head"); }
+
+  function isPending() {
+    var head = orderHead();
+    return head !== null && head.hasAttribute("data-pending");
+  }
+
+  function fetchOk(url, accept) {
+    return fetch(url, {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { "X-Requested-With": "fetch", "Accept": accept }
+    }).then(function (response) {
+      if (response.redirected || !response.ok) {
+        throw new Error(response.redirected ? "signed-out" : "status " + response.status);
+      }
+      return response;
+    });
+  }
+
+  function swapOrderPage() {
+    return fetchOk(window.location.href, "text/html").then(function (response) {
+      return response.text();
+    }).then(function (html) {
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var current = document.getElementById("order-page");
+      var fresh = doc.getElementById("order-page");
+      if (!current || !fresh) { return; }
+      if (current.contains(document.activeElement) && document.activeElement !== document.body) {
+        return "busy";  // staff is typing (a refund amount): try again later rather than wipe it
+      }
+      readServerNow(doc);
+      current.replaceWith(document.importNode(fresh, true));
+      tick();
+    });
+  }
+
+  function pollOrder() {
+    var head = orderHead();
+    if (!head) { return; }
+    if (document.hidden) { scheduleRefresh(pollDelay); return; }
+    fetchOk(head.getAttribute("data-state-url"), "application/json").then(function (response) {
+      return response.json();
+    }).then(function (state) {
+      if (state.token === head.getAttribute("data-state-token")) { return state.pending.length ? "wait" : "settled"; }
+      return swapOrderPage().then(function (result) { return result === "busy" ? "wait" : "swapped"; });
+    }).then(function (outcome) {
+      if (outcome === "swapped") { pollDelay = POLL_FIRST_MS; }
+      if (outcome === "wait") { pollDelay = Math.min(pollDelay * 1.5, POLL_MAX_MS); }
+      // Keep following only while the (possibly fresh) page still names something under way.
+      if (outcome === "wait" || (outcome === "swapped" && (isPending() || inProgress()))) {
+        scheduleRefresh(pollDelay);
+      }
+    }).catch(function (error) {
+      if (String(error && error.message) === "signed-out") { stopped = true; return; }
+      scheduleRefresh(POLL_MAX_MS);
+    });
+  }
+
   function refresh() {
     refreshTimer = null;
     if (!isListPage()) {
-      // The order page: reload once the capture has had a moment (keeps the scroll position).
-      if (!document.hidden) { window.location.reload(); } else { scheduleRefresh(REFRESH_SOON_MS); }
+      pollOrder();  // the order page (a countdown that reached zero, or something pending)
       return;
     }
     if (document.hidden || refreshing) { scheduleRefresh(listInterval()); return; }
@@ -126,8 +192,8 @@
     setInterval(tick, 1000);
     if (isListPage()) {
       scheduleRefresh(inProgress() ? REFRESH_SOON_MS : listInterval());
-    } else if (inProgress()) {
-      scheduleRefresh(REFRESH_SOON_MS * 2);
+    } else if (isPending() || inProgress()) {
+      scheduleRefresh(POLL_FIRST_MS);
     }
   }
 

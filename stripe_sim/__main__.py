@@ -1,4 +1,4 @@
-"""Command line: ``python -m stripe_sim --port 12111 [--webhook-url URL --webhook-secret whsec_...]``."""
+"""Command line: ``python -m stripe_sim --port 12111 [--webhook-url URL --webhook-secret whsec_...] [--state-file F]``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import threading
 from types import FrameType
 
+from .persistence import StateFileError
 from .server import SimServer
 
 
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("STRIPE_SIM_PORT", "12111")))
     parser.add_argument("--webhook-url", default=os.environ.get("STRIPE_SIM_WEBHOOK_URL"))
     parser.add_argument("--webhook-secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET"))
+    parser.add_argument("--state-file", default=os.environ.get("STRIPE_SIM_STATE_FILE"),
+                        help="keep every object in this JSON file, so a restart continues where it stopped")
+    parser.add_argument("--max-delivery-attempts", type=int, default=None,
+                        help="attempts per webhook delivery before giving up (default 4)")
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     args = parser.parse_args(argv)
 
@@ -31,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.webhook_url and not args.webhook_secret:
         parser.error("--webhook-secret (or STRIPE_WEBHOOK_SECRET) is required with a webhook URL")
 
-    sim = SimServer(port=args.port, webhook_url=args.webhook_url, webhook_secret=args.webhook_secret, host=args.host)
+    try:
+        sim = SimServer(port=args.port, webhook_url=args.webhook_url, webhook_secret=args.webhook_secret,
+                        host=args.host, state_file=args.state_file, max_delivery_attempts=args.max_delivery_attempts)
+    except StateFileError as exc:
+        parser.exit(2, f"stripe_sim: {exc}\n")
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -40,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     sim.start()
-    logging.getLogger("stripe_sim").warning("listening on %s (webhooks: %s)", sim.url, args.webhook_url or "none")
+    logging.getLogger("stripe_sim").warning("listening on %s (webhooks: %s, state: %s)", sim.url,
+                                            args.webhook_url or "none", args.state_file or "in memory")
     while not stop.wait(0.5):
         pass
     sim.stop()

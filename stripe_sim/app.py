@@ -23,6 +23,7 @@ from .faults import Fault, FaultInjector, TokenBucket
 from .idempotency import MAX_KEY_LENGTH, IdempotencyStore, StoredResponse
 from .ids import new_id
 from .params import parse_pairs, reject_unknown
+from .persistence import StateFile
 from .state import SimState
 
 log = logging.getLogger("stripe_sim")
@@ -38,12 +39,22 @@ class _Dropped:
 class SimApp:
     """Owns every simulator component and serves both /v1 and the /_sim control API."""
 
-    def __init__(self, dispatcher: WebhookDispatcher | None = None) -> None:
+    def __init__(self, dispatcher: WebhookDispatcher | None = None, state_file: StateFile | None = None) -> None:
         self.webhooks = dispatcher or WebhookDispatcher()
         self.state = SimState(sink=self.webhooks)
         self.idempotency = IdempotencyStore()
         self.faults = FaultInjector()
         self.rate_limit = TokenBucket()
+        self.state_file = state_file
+        if state_file is not None:
+            for event in state_file.load(self):
+                self.webhooks.enqueue(event, redelivery=True)  # queued or in flight when the last run stopped
+            self.webhooks.on_settled = self.save
+
+    def save(self) -> None:
+        """Write the state file, if there is one (after every change)."""
+        if self.state_file is not None:
+            self.state_file.save(self)
 
     def reset(self) -> None:
         """Return to a fresh simulator, as started (endpoints added at runtime are dropped)."""
@@ -60,10 +71,14 @@ class SimApp:
         request = Request(environ)
         started = time.monotonic()
         note = ""
+        # Reads change nothing a restart needs (the request counter is only a statistic).
+        changes = request.method.upper() not in ("GET", "HEAD", "OPTIONS")
         if request.path.startswith("/_sim"):
             response = admin.handle(self, request)
         elif request.path.startswith("/v1/"):
             result = self._handle_api(request)
+            if changes:
+                self.save()  # before answering: an answer the client saw is never forgotten by a restart
             if isinstance(result, _Dropped):
                 log.info("%s %s -> response dropped (fault lost_response)", request.method, request.path)
                 return self._drop_connection(environ, start_response, result.seconds)
@@ -71,6 +86,8 @@ class SimApp:
             note = response.headers.get("Stripe-Sim-Fault", "")
         else:
             response = _json_response(404, errors.invalid_request(_unrecognized(request)).body())
+        if changes and request.path.startswith("/_sim"):
+            self.save()
         elapsed = (time.monotonic() - started) * 1000
         log.info("%s %s -> %d %.1fms%s", request.method, request.path, response.status_code, elapsed,
                  f" [fault {note}]" if note else "")

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -76,6 +76,10 @@ class WebhookDispatcher:
         self.options = DeliveryOptions()
         self._rng = random.Random()
         self.attempts: list[dict[str, Any]] = []
+        self._in_flight: dict[int, _Job] = {}
+        # Called (outside the dispatcher's lock) whenever an event's delivery to an endpoint is over,
+        # delivered or given up, so a state file can stop listing it as undelivered.
+        self.on_settled: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- config
 
@@ -153,6 +157,12 @@ class WebhookDispatcher:
                     heapq.heappush(self._heap, _Job(base + jitter, next(self._seq), event, endpoint))
             self._cond.notify_all()
 
+    def undelivered_event_ids(self) -> list[str]:
+        """Ids of the events queued or being sent, each once, oldest queued first."""
+        with self._cond:
+            jobs = sorted([*self._heap, *self._in_flight.values()], key=lambda job: job.seq)
+            return list(dict.fromkeys(job.event["id"] for job in jobs))
+
     def pending(self) -> int:
         """Deliveries queued or being sent."""
         with self._cond:
@@ -178,7 +188,9 @@ class WebhookDispatcher:
                     wait = self._heap[0].due - time.time()
                     if wait <= 0:
                         self._sending += 1
-                        return heapq.heappop(self._heap)
+                        job = heapq.heappop(self._heap)
+                        self._in_flight[job.seq] = job
+                        return job
                     self._cond.wait(min(wait, 0.5))
                 else:
                     self._cond.wait(0.5)
@@ -191,18 +203,26 @@ class WebhookDispatcher:
                 job = self._next_job()
                 if job is None:
                     return
+                settled = True
                 try:
-                    self._send(session, job)
+                    settled = self._send(session, job)
                 except Exception:  # never let the delivery thread die
                     log.exception("webhook delivery crashed")
                 finally:
                     with self._cond:
                         self._sending -= 1
+                        self._in_flight.pop(job.seq, None)
                         self._cond.notify_all()
+                if settled and self.on_settled is not None:
+                    try:
+                        self.on_settled()
+                    except Exception:
+                        log.exception("recording a settled delivery failed")
         finally:
             session.close()
 
-    def _send(self, session: requests.Session, job: _Job) -> None:
+    def _send(self, session: requests.Session, job: _Job) -> bool:
+        """POST one attempt; returns whether the delivery is over (delivered or given up)."""
         payload = json.dumps(job.event, indent=2).encode("utf-8")
         # Stripe signs every attempt afresh, with the time of that attempt.
         header = sign_payload(payload, job.endpoint.secret, int(time.time()))
@@ -237,11 +257,17 @@ class WebhookDispatcher:
                     "at": time.time(),
                 }
             )
-            if not ok and job.attempt < self.options.max_attempts and not self._stopped:
+            retry = not ok and job.attempt < self.options.max_attempts and not self._stopped
+            if retry:
                 backoff = self.options.retry_backoff_ms / 1000.0 * (2 ** (job.attempt - 1))
                 heapq.heappush(
                     self._heap, _Job(time.time() + backoff, next(self._seq), job.event, job.endpoint, job.attempt + 1)
                 )
+            elif not ok and self._stopped:
+                # Stopping: keep the job queued (never sent now) so a state file still lists the event.
+                heapq.heappush(self._heap, job)
+                retry = True
         outcome = status if status is not None else (error or "").split(":", 1)[0]
         log.info("webhook %s %s %s -> %s (attempt %d)", job.event["id"], job.event["type"], job.endpoint.url,
                  outcome, job.attempt)
+        return not retry

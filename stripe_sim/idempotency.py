@@ -83,6 +83,21 @@ class IdempotencyStore:
             if entry is not None and entry.response is None:
                 del self._entries[key]
 
+    def stored(self) -> dict[str, tuple[str, str, str, StoredResponse]]:
+        """Every key with a stored response: (method, path, fingerprint, response). Keys in flight are left
+        out: their request has not answered, so after a restart a retry runs it (as Stripe's would)."""
+        with self._lock:
+            return {
+                key: (e.method, e.path, e.fingerprint, e.response)
+                for key, e in self._entries.items()
+                if e.response is not None
+            }
+
+    def restore(self, entries: dict[str, tuple[str, str, str, StoredResponse]]) -> None:
+        """Replace every key by ``entries`` (as returned by ``stored``)."""
+        with self._lock:
+            self._entries = {key: _Entry(m, p, fp, resp) for key, (m, p, fp, resp) in entries.items()}
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)

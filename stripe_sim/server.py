@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -11,6 +12,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from .app import SimApp
 from .control import SimControl
 from .delivery import Endpoint, WebhookDispatcher
+from .persistence import StateFile
 from .state import SimState
 
 log = logging.getLogger("stripe_sim")
@@ -32,13 +34,19 @@ class SimServer:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         host: str = "127.0.0.1",
+        state_file: str | os.PathLike[str] | None = None,
+        max_delivery_attempts: int | None = None,
     ) -> None:
+        """``state_file``: keep every object in this JSON file across restarts (in memory when None)."""
         endpoints = []
         if webhook_url:
             if not webhook_secret:
                 raise ValueError("webhook_secret is required with webhook_url")
             endpoints.append(Endpoint(webhook_url, webhook_secret))
-        self.app = SimApp(WebhookDispatcher(endpoints))
+        dispatcher = WebhookDispatcher(endpoints)
+        if max_delivery_attempts is not None:
+            dispatcher.configure({"max_attempts": max_delivery_attempts})
+        self.app = SimApp(dispatcher, StateFile(state_file) if state_file is not None else None)
         self.host = host
         self.port = port
         self._server: BaseWSGIServer | None = None
@@ -82,6 +90,7 @@ class SimServer:
                 self._thread = None
             server.server_close()
         self.app.webhooks.stop()
+        self.app.save()  # deliveries cut short by the stop stay listed as undelivered
 
     def wait_for_webhooks(self, timeout: float = 5.0) -> bool:
         """Block until every queued webhook delivery finished (or ``timeout``)."""

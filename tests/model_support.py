@@ -269,6 +269,12 @@ def stuck_operations_time_out(app, order_ids: list[str]) -> None:
                    refunds.c.status.in_(("pending", "requires_action")))
             .values(created_at=long_ago)
         )
+        # An increase whose PaymentIntent could not be voided yet (Stripe did not answer).
+        edits = m.OrderEdit.__table__
+        conn.execute(
+            update(edits).where(edits.c.order_id.in_(order_ids), edits.c.void_pending.is_(True))
+            .values(resolved_at=long_ago)
+        )
 
 
 def quarantine(app, order_ids: list[str]) -> None:

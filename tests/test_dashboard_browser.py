@@ -27,6 +27,8 @@ from tests.helpers import place_order  # noqa: E402
 # The README's screenshots are refreshed on purpose (`SCREENSHOTS_DIR=docs/screenshots make test
 # PYTEST_ARGS=tests/test_dashboard_browser.py`); a plain test run leaves the tracked files alone.
 SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "dashboard-screenshots")
+# The screen-width checks' own screenshots (to look at, not for the README) always go to a temporary folder.
+FIT_SCREENSHOTS = Path(tempfile.gettempdir()) / "dashboard-screenshots" / "fit"
 STAFF_EMAIL = "ops@example.com"
 STAFF_PASSWORD = "correct horse battery staple"
 CHROMIUM_ARGS = [
@@ -77,7 +79,7 @@ def wait_for(predicate, page, timeout: float, step_ms: int = 100, between=None):
     return predicate()
 
 
-def background_orders(app, client, sim_control) -> None:
+def background_orders(app, client, sim_control) -> dict:
     """A few orders in other states, so the list looks like a real day's (and the screenshot shows them)."""
     from app.payments.cancellation import cancel_order
     from app.payments.capture import capture_now
@@ -91,6 +93,7 @@ def background_orders(app, client, sim_control) -> None:
         capture_now(captured["id"], actor="staff:ops@example.com")
         refund_order(captured["id"], 1500, actor="staff:ops@example.com")
         cancel_order(canceled["id"], actor="customer")
+    return {"captured": captured, "canceled": canceled}
 
 
 def test_countdown_ticks_down_then_the_order_turns_captured(
@@ -163,17 +166,159 @@ def test_countdown_ticks_down_then_the_order_turns_captured(
     assert "Stripe event payment_intent.amount_capturable_updated" in page.locator(".timeline").text_content()
     page.screenshot(path=str(SCREENSHOTS / "order.png"), full_page=True)
 
-    # A phone: the page fits its width and the table scrolls inside its own box.
+    # A phone: the orders are cards, the countdown and capture status of the first one on screen.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                 storage_state=context.storage_state())
     small = phone.new_page()
     small.goto(f"{live_server}/admin/orders")
-    assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    assert small.evaluate("(w => w.scrollWidth > w.clientWidth)(document.querySelector('.table-wrap'))")
+    assert_fits_its_width(small)
     small.screenshot(path=str(SCREENSHOTS / "orders-phone.png"), full_page=False)
     phone.close()
 
     assert problems == [], problems  # no script errors, no Content-Security-Policy violations
+    context.close()
+
+
+def sign_in(page, live_server: str) -> None:
+    page.goto(f"{live_server}/admin/login")
+    page.get_by_label("Email").fill(STAFF_EMAIL)
+    page.get_by_label("Password").fill(STAFF_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/admin/orders$"))
+
+
+def assert_fits_its_width(page) -> None:
+    """No sideways scrolling: the document is no wider than the screen. (Compared with the viewport
+    asked for: a mobile browser zooms out to show overflowing content, widening `innerWidth` with it.)"""
+    width = page.viewport_size["width"]
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= width and widths[1] <= width, f"{page.url} is {widths[0]} px wide on a {width} px screen"
+
+
+def assert_on_screen(locator, page) -> None:
+    """Visible, and horizontally inside the screen (a reader need not scroll sideways to it)."""
+    assert locator.is_visible()
+    box = locator.bounding_box()
+    width = page.viewport_size["width"]
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (box, width)
+
+
+LONG_EMAIL = "margaret.hamilton-apollo-guidance@software-engineering.example.com"
+
+
+def order_with_long_texts(app, client, sim_control) -> dict:
+    """An edited order with a long email, and a Stripe event whose processing failed with a long error."""
+    from app.extensions import db
+    from app.models import Payment, WebhookEvent
+    from tests.helpers import add_item, new_cart, payment_intent, product_ids
+
+    cart = new_cart(client, "usd", email=LONG_EMAIL)
+    products = product_ids(client, "usd")
+    add_item(client, cart["id"], products[0], 3)
+    intent = payment_intent(client, cart["id"])
+    sim_control.confirm(intent["id"])
+    order = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
+    edit = client.post(f"/store/orders/{order['id']}/edits", json={"items": [{"product_id": products[0], "quantity": 1}]})
+    assert edit.status_code == 200, edit.get_json()
+    with app.app_context():
+        payment = db.session.query(Payment).filter_by(order_id=order["id"]).one()
+        db.session.add(WebhookEvent(
+            id="evt_browser_long_error", type="payment_intent.amount_capturable_updated", payload="{}",
+            object_id=payment.stripe_payment_intent_id, attempts=3,
+            last_error="StripeConnectionError: HTTPSConnectionPool(host='api.stripe.com', port=443): "
+                       "Max retries exceeded with url: /v1/payment_intents/" + payment.stripe_payment_intent_id,
+        ))
+        db.session.commit()
+    return order
+
+
+@pytest.mark.parametrize("width", [360, 390, 1280])
+def test_list_and_order_pages_fit_the_screen(app, client, sim_control, live_server, browser, staff,
+                                             plain_http_cookies, width):
+    others = background_orders(app, client, sim_control)
+    order = order_with_long_texts(app, client, sim_control)
+    context = browser.new_context(viewport={"width": width, "height": 860}, is_mobile=width < 700,
+                                  device_scale_factor=2 if width < 700 else 1)
+    page = context.new_page()
+    sign_in(page, live_server)
+
+    assert_fits_its_width(page)
+    row = page.locator(f'[data-order-id="{order["id"]}"]')
+    assert_on_screen(row.locator("[data-grace-ends-at]"), page)
+    assert_on_screen(row.locator(".c-capture .badge"), page)
+    assert_on_screen(row.locator(".c-total"), page)
+    assert_on_screen(row.locator("[data-next-step]"), page)
+    assert "Captures 18.00 USD at" in row.locator("[data-next-step]").text_content()
+    FIT_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(FIT_SCREENSHOTS / f"orders-{width}.png"), full_page=True)
+
+    page.goto(f"{live_server}/admin/orders/{order['id']}")
+    assert_fits_its_width(page)
+    assert_on_screen(page.locator("[data-grace-ends-at]"), page)
+    assert_on_screen(page.locator(".badges"), page)
+    items = page.locator('[aria-labelledby="items-title"] .table-wrap')
+    sizes = items.evaluate("w => [w.scrollWidth, w.clientWidth]")
+    assert sizes[0] <= sizes[1], f"the items table scrolls sideways: {sizes}"
+    # The email wraps before its @ or a dot, or after a hyphen: never inside a word.
+    email = page.locator(".facts dd.email")
+    assert email.text_content() == LONG_EMAIL
+    lines = page.evaluate("""el => {
+        const range = document.createRange(), tops = new Map();
+        for (const node of el.childNodes) {
+            if (node.nodeType !== Node.TEXT_NODE) continue;
+            for (let i = 0; i < node.length; i++) {
+                range.setStart(node, i); range.setEnd(node, i + 1);
+                const top = Math.round(range.getBoundingClientRect().top);
+                tops.set(top, (tops.get(top) || "") + node.data[i]);
+            }
+        }
+        return [...tops.values()];
+    }""", email.element_handle())
+    for before, line in zip(lines, lines[1:]):
+        assert line[0] in "@." or before.endswith("-"), f"the email breaks inside a word: {lines}"
+    page.screenshot(path=str(FIT_SCREENSHOTS / f"order-{width}.png"), full_page=True)
+
+    for other in others.values():  # a captured (and refunded) order and a canceled one
+        page.goto(f"{live_server}/admin/orders/{other['id']}")
+        assert_fits_its_width(page)
+        assert_on_screen(page.locator("[data-grace-ends-at]"), page)
+    context.close()
+
+
+def test_the_order_page_follows_a_stripe_event_until_it_is_processed(
+    app, client, sim_control, live_server, browser, staff, plain_http_cookies
+):
+    from app.extensions import db
+    from app.models import Payment, WebhookEvent
+    from app.models.base import utcnow
+
+    order = place_order(client, sim_control)
+    with app.app_context():
+        payment = db.session.query(Payment).filter_by(order_id=order["id"]).one()
+        # Stored, not processed yet: as a webhook is for the moment between its two transactions.
+        db.session.add(WebhookEvent(id="evt_browser_pending", type="charge.refunded", payload="{}",
+                                    object_id=payment.stripe_payment_intent_id))
+        db.session.commit()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    polls: list[str] = []
+    page.on("request", lambda request: polls.append(request.url) if request.url.endswith("/state") else None)
+    sign_in(page, live_server)
+    page.goto(f"{live_server}/admin/orders/{order['id']}")
+    timeline = page.locator(".timeline")
+    assert "evt_browser_pending — not processed yet" in timeline.text_content()
+    page.evaluate("window.notReloaded = true")
+
+    with app.app_context():
+        db.session.get(WebhookEvent, "evt_browser_pending").processed_at = utcnow()
+        db.session.commit()
+    assert wait_for(lambda: "evt_browser_pending — processed" in timeline.text_content(), page, timeout=10), \
+        timeline.text_content()
+    assert page.evaluate("window.notReloaded === true")  # the page's parts were swapped, not reloaded
+    # Settled: the polling stops (its first interval is one second).
+    settled_at = len(polls)
+    page.wait_for_timeout(2500)
+    assert len(polls) == settled_at, polls
     context.close()
 
 

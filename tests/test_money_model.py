@@ -460,15 +460,29 @@ class MoneyModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self._has_orders())
     @rule(order=ORDER, card=st.sampled_from(["pm_card_visa_no_incremental", "pm_card_visa", "pm_card_chargeDeclined"]),
-          finish=st.sampled_from(["complete", "webhooks", "nothing"]))
+          finish=st.sampled_from(["complete", "complete", "webhooks", "nothing"]), standard_pricing=st.booleans())
     @step
-    def pay_increase(self, order, card, finish):
-        """The customer pays an increase that waits for a second payment (a 202 edit)."""
+    def pay_increase(self, order, card, finish, standard_pricing):
+        """The customer raises the order and pays the increase that waits for a second payment (a 202
+        edit): on a standard-pricing account (Stripe refuses every increment) or a card that cannot."""
         order_id = self._order(order)
         status, body = self._http("GET", f"/store/orders/{order_id}")
-        pending = body.get("order", {}).get("pending_edit") if status == 200 else None
-        if not pending:
+        if status != 200:
             return
+        pending = body["order"]["pending_edit"]
+        if not pending:
+            if standard_pricing:
+                self.ctl.set_account(incremental_authorization=False)
+            units = {p["id"]: p["unit_amount"] for p in self.products}
+            items = [{"product_id": i["product_id"], "quantity": i["quantity"] + 1} for i in body["order"]["items"]]
+            expected = sum(units[i["product_id"]] * i["quantity"] for i in items)
+            status, body = self._http("POST", f"/store/orders/{order_id}/edits", {"items": items})
+            self._say(f"edit {order_id} up to {expected}", status, body)
+            self._after_edit(order_id, expected, status, body)
+            self.ctl.set_account(incremental_authorization=True)
+            if status != 202:
+                return
+            pending = body["pending_edit"]
         self._confirm(pending["payment_intent"]["id"], card)
         if finish == "complete":
             status, body = self._http("POST", f"/store/orders/{order_id}/edits/{pending['id']}/complete")

@@ -108,9 +108,10 @@ def test_a_lone_surrogate_or_nul_in_a_product_id_changes_nothing(client):
 
 
 @pytest.mark.parametrize("url", ["/store/carts/%00", "/store/orders/%00", "/store/orders/a%00b/cancel",
+                                 "/store/orders/order_x/edits/oedit_%00/complete",
                                  "/admin/orders/%00", "/admin/orders?q=%00"])
 def test_a_nul_byte_in_a_path_or_query_is_4xx(client, url):
-    method = client.post if url.endswith("/cancel") else client.get
+    method = client.post if url.endswith(("/cancel", "/complete")) else client.get
     assert 400 <= method(url).status_code < 500
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from flask import Blueprint
+from markupsafe import Markup, escape
 
 from app.dashboard.queries import OVERDUE_AFTER
 from app.models import Order, Payment, PaymentStatus
@@ -157,7 +158,7 @@ def next_step(order: Order, payment: Payment | None, now: datetime | None = None
         text = f"Captured {money(payment.captured_amount, cur)}{across}"
         if payment.capture_shortfall:
             return text + f", {money(payment.capture_shortfall, cur)} less than the order's total: not collected."
-        released = payment.amount - payment.captured_amount
+        released = _released(payment)
         return text + (f"; {money(released, cur)} of the authorization was released." if released > 0 else ".")
     if status == PaymentStatus.CAPTURE_FAILED:
         return f"Stripe refused to capture {money(order.total, cur)}: retry the capture or cancel the order."
@@ -168,8 +169,51 @@ def next_step(order: Order, payment: Payment | None, now: datetime | None = None
     return f"Canceled: the authorization of {money(payment.amount, cur)} was released."
 
 
+def _released(payment) -> int:
+    """After a capture: what the order's authorizations no longer hold (all its payments together)."""
+    return getattr(payment, "released_amount", payment.amount - payment.captured_amount)
+
+
+def next_step_brief(order: Order, payment: Payment | None, now: datetime | None = None) -> str:
+    """The orders list's short form of `next_step` (the countdown beside it already says how long)."""
+    now = now or utcnow()
+    cur = order.currency
+    if payment is None:
+        return "Nothing authorized"
+    status = payment.status
+    if status == PaymentStatus.AUTHORIZED:
+        when = payment.capture_due_at
+        across = f" from {payment.count} payments" if getattr(payment, "count", 1) > 1 else ""
+        text = (f"Captures {money(order.total, cur)}{across} at {when.astimezone(timezone.utc).strftime('%H:%M UTC')}"
+                if when > now else f"Capture of {money(order.total, cur)}{across} due now")
+        release = payment.amount - order.total
+        return text + (f", releases {money(release, cur)}" if release > 0 else "")
+    if status == PaymentStatus.CAPTURING:
+        return f"Capturing {money(order.total, cur)}"
+    if status == PaymentStatus.CAPTURED:
+        text = f"Captured {money(payment.captured_amount, cur)}"
+        if payment.capture_shortfall:
+            return text + f", {money(payment.capture_shortfall, cur)} short"
+        released = _released(payment)
+        return text + (f", released {money(released, cur)}" if released > 0 else "")
+    if status == PaymentStatus.CAPTURE_FAILED:
+        return f"Capture of {money(order.total, cur)} refused: retry or cancel"
+    if status == PaymentStatus.CANCELING:
+        return "Voiding the authorization"
+    if payment.cancellation_reason == "automatic":
+        return "Authorization expired, nothing collected"
+    return f"Canceled, released {money(payment.amount, cur)}"
+
+
 def money(amount: int | None, currency: str) -> str:
     return "—" if amount is None else format_amount(amount, currency)
+
+
+def breakable_email(email: str) -> Markup:
+    """The email, escaped, with line-break hints before its `@` and dots: a narrow screen wraps it
+    there rather than mid-word (the CSS breaks inside a part only when one part alone is too wide)."""
+    escaped = str(escape(email))  # no markup left but entities, which hold neither "@" nor "."
+    return Markup(escaped.replace("@", "<wbr>@").replace(".", "<wbr>."))
 
 
 def init_template_helpers(bp: Blueprint) -> None:
@@ -178,6 +222,7 @@ def init_template_helpers(bp: Blueprint) -> None:
     bp.add_app_template_filter(utc_text, "utc")
     bp.add_app_template_filter(iso_ms, "iso")
     bp.add_app_template_filter(relative_text, "relative")
+    bp.add_app_template_filter(breakable_email, "breakable_email")
 
     @bp.context_processor
     def labels() -> dict:

@@ -7,11 +7,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 
 from app.dashboard.auth import authenticate, current_staff, end_session, safe_next_url, start_session
-from app.dashboard.display import countdown, init_template_helpers, money, next_step
+from app.dashboard.display import countdown, init_template_helpers, money, next_step, next_step_brief
 from app.dashboard.forms import (
     CAPTURE_STATUSES,
     PAYMENT_STATUSES,
@@ -21,6 +21,7 @@ from app.dashboard.forms import (
     decimal_text,
     parse_amount,
 )
+from app.dashboard.freshness import pending_work, state_token
 from app.dashboard.operations import operations_checks, overall_level
 from app.dashboard.queries import OrderDetail, list_orders, load_order_detail
 from app.dashboard.timeline import build_timeline
@@ -144,11 +145,13 @@ def orders():
     page = list_orders(filters, now, after=request.args.get("after"), before=request.args.get("before"))
     checks = operations_checks(now)
     countdowns = {row.order.id: countdown(row.order, row.payment, now) for row in page.rows}
+    next_steps = {row.order.id: next_step_brief(row.order, row.payment, now) for row in page.rows}
     return render_template(
         "admin/orders.html",
         filters=filters,
         page=page,
         countdowns=countdowns,
+        next_steps=next_steps,
         checks=checks,
         overall=overall_level(checks),
         now=now,
@@ -200,6 +203,8 @@ def order(order_id: str):
     now = utcnow()
     return render_template(
         "admin/order.html",
+        pending=pending_work(detail, now),
+        state_token=state_token(detail),
         detail=detail,
         order=detail.order,
         payment=detail.payment,
@@ -215,6 +220,15 @@ def order(order_id: str):
         if detail.payment is not None and detail.payment.refundable_amount > 0 else "",
         now=now,
     )
+
+
+@bp.get("/orders/<order_id>/state")
+def order_state(order_id: str):
+    """What is still under way on the order, and a token of what its page shows (the page polls it)."""
+    detail = load_order_detail(order_id)
+    if detail is None:
+        abort(404)
+    return jsonify({"pending": pending_work(detail, utcnow()), "token": state_token(detail)})
 
 
 @bp.route("/orders/<order_id>/<any(capture, cancel, refund, retry):action>", methods=["GET", "POST"])

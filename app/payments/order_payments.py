@@ -109,6 +109,13 @@ class OrderPayments:
         return self.captured_amount - self.refunded_amount
 
     @property
+    def released_amount(self) -> int:
+        """What the authorizations held and will no longer hold: the uncaptured rest of the captured
+        payments, and the payments voided (not needed, or canceled)."""
+        settled = [p for p in self.payments if p.status in (S.CAPTURED, S.CANCELED)]
+        return sum(p.amount for p in settled) - sum(p.captured_amount for p in settled)
+
+    @property
     def capture_shortfall(self) -> int:
         """What the captures left uncollected of the total, once nothing is left to capture."""
         recorded = sum(p.capture_shortfall for p in self.payments)
