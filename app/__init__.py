@@ -75,6 +75,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     order_placed.connect(on_order_placed, sender=app, weak=False)
 
     # What the periodic sweep resolves besides captures: every intermediate state has a way out.
+    from app.notices.delivery import requeue_stuck_notices
     from app.payments.janitor import resolve_stuck_cancels
     from app.payments.pending_edits import resolve_pending_edits
     from app.payments.refunds import resolve_stuck_refunds
@@ -85,6 +86,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_janitor(app, "refunds", resolve_stuck_refunds)
     register_janitor(app, "events", rerun_stale_events)
     register_janitor(app, "edits", resolve_pending_edits)
+    register_janitor(app, "notices", requeue_stuck_notices)
 
     from app import cli, engine_cli
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class ConfigError(RuntimeError):
@@ -64,9 +64,18 @@ class Settings:
     trusted_proxy_hops: int
     stripe_max_requests_per_second: int
     stuck_operation_seconds: int = 300
+    # Customer notices (app/notices): without a Resend key or an SMTP URL nothing leaves the machine.
+    resend_api_key: str | None = field(default=None, repr=False)
+    resend_api_base: str | None = None  # Resend's API base URL (a local stand-in in the tests)
+    smtp_url: str | None = field(default=None, repr=False)  # smtp://user:pass@host:port or smtps://...
+    mail_from: str = "orders@localhost"
+    storefront_order_url: str | None = None  # the customer's order page, `{order_id}` replaced
 
     @classmethod
     def from_env(cls) -> "Settings":
+        smtp_url = os.environ.get("SMTP_URL") or None
+        if smtp_url and not smtp_url.startswith(("smtp://", "smtps://")):
+            raise ConfigError("SMTP_URL must look like smtp://user:pass@host:port or smtps://user:pass@host:port")
         origins = tuple(o.strip() for o in os.environ.get("CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             redis_url=os.environ.get("REDIS_URL") or None,
@@ -85,6 +94,11 @@ class Settings:
             stripe_max_requests_per_second=_int("STRIPE_MAX_REQUESTS_PER_SECOND", 0),
             stuck_operation_seconds=_int_between("STUCK_OPERATION_SECONDS", 300, 1, 86_400,
                                                  "how long a cancel, refund or event may stay in flight"),
+            resend_api_key=os.environ.get("RESEND_API_KEY") or None,
+            resend_api_base=os.environ.get("RESEND_API_BASE") or None,
+            smtp_url=smtp_url,
+            mail_from=os.environ.get("MAIL_FROM") or "orders@localhost",
+            storefront_order_url=os.environ.get("STOREFRONT_ORDER_URL") or None,
         )
 
 

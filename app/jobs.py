@@ -1,6 +1,6 @@
 """RQ job functions: ids in, exceptions out (RQ records and retries them).
 
-Enqueued by dotted path (`app.queues.CAPTURE_JOB`, `SWEEP_JOB`, `RECONCILE_JOB`), so the queues
+Enqueued by dotted path (`app.queues.CAPTURE_JOB`, `SWEEP_JOB`, `RECONCILE_JOB`, `NOTICE_JOB`), so the queues
 module never imports this one. Each job runs in a fresh app context (its own database session) of
 the app the worker process runs in (`flask --app wsgi worker`), under the trace id of the request
 or event that caused it.
@@ -12,6 +12,7 @@ from flask import Flask, current_app, has_app_context
 from rq import get_current_job
 
 from app.log import trace
+from app.notices.delivery import send_notice
 from app.payments.capture import capture_order
 from app.payments.sweep import sweep
 from app.webhooks.reconciliation import reconcile
@@ -44,3 +45,9 @@ def reconcile_job() -> dict:
     """Reconciliation with Stripe's event list, as run by rq-scheduler."""
     with _job_app().app_context(), trace(_trace_id()):
         return reconcile().as_dict()
+
+
+def send_notice_job(notice_id: str) -> str:
+    """Send one customer notice (exactly once per provider idempotency key); raises to be retried."""
+    with _job_app().app_context(), trace(_trace_id()):
+        return send_notice(notice_id)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CAPTURE_JOB = "app.jobs.capture_order_job"
 SWEEP_JOB = "app.jobs.sweep_job"
 RECONCILE_JOB = "app.jobs.reconcile_job"
+NOTICE_JOB = "app.jobs.send_notice_job"
 
 CAPTURE_QUEUE = "captures"
 DEFAULT_QUEUE = "default"
@@ -33,6 +34,9 @@ QUEUE_NAMES = (CAPTURE_QUEUE, DEFAULT_QUEUE)
 CAPTURE_RETRY = Retry(max=6, interval=[5, 15, 60, 180, 600, 1800])
 CAPTURE_JOB_TIMEOUT = 120
 FAILED_JOB_TTL = 7 * 24 * 3600
+# A provider outage (5xx, timeout): the same notice, under the same idempotency key, later.
+NOTICE_RETRY = Retry(max=4, interval=[30, 120, 600, 1800])
+NOTICE_JOB_TIMEOUT = 60
 # A job popped from the queue but not marked started after this long lost its worker.
 STALE_STARTED_JOB = timedelta(seconds=30)
 _FINISHED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
@@ -186,3 +190,39 @@ def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool 
             elif enqueue_capture(order_id, trigger, replace_stale=replace_stale):
                 queued += 1
     return queued
+
+
+def notice_job_id(notice_id: str) -> str:
+    return f"notice-{notice_id}"
+
+
+def enqueue_notice(notice_id: str) -> bool:
+    """Queue the notice's send job under job id `notice-{notice_id}`; False if it is already queued,
+    scheduled for a retry or running (the row's claim decides anyway: a second job sends nothing)."""
+    notices = queue(DEFAULT_QUEUE)
+    job_id = notice_job_id(notice_id)
+    for _ in range(2):
+        try:
+            notices.enqueue(
+                NOTICE_JOB,
+                notice_id,
+                job_id=job_id,
+                unique=True,
+                retry=NOTICE_RETRY,
+                job_timeout=NOTICE_JOB_TIMEOUT,
+                result_ttl=0,
+                failure_ttl=FAILED_JOB_TTL,
+                meta={"trace_id": current_trace_id()},
+                description=f"send notice {notice_id}",
+            )
+            return True
+        except DuplicateJobError:
+            # A failed job of an earlier attempt still holds the id: clear it, try once more.
+            try:
+                old = Job.fetch(job_id, connection=notices.connection)
+            except NoSuchJobError:
+                continue
+            if old.get_status(refresh=True) not in _FINISHED:
+                return False
+            old.delete()
+    return False

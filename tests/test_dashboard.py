@@ -666,6 +666,11 @@ def test_timeline_merges_edits_webhooks_captures_and_refunds_with_trace_ids(
     page = text_of(act(staff_client, order["id"], "refund", amount="5.00"))
     timeline = re.search(r'<ol class="timeline">.*?</ol>', page, re.S).group(0)
     titles = re.findall(r'<span class="timeline-title">([^<]+)</span>', timeline)
+    # The customer's notices are in the timeline too, each at the moment its change committed.
+    notices = [t for t in titles if t.startswith("Notice ")]
+    assert notices == ["Notice order_placed to ada@example.com", "Notice payment_captured to ada@example.com",
+                       "Notice refund_issued to ada@example.com"]
+    titles = [t for t in titles if not t.startswith("Notice ")]
     placed = titles.index("Order placed")
     assert titles[placed:placed + 3] == [
         "Order placed", "Order edited (version 2)", "Stripe event payment_intent.amount_capturable_updated",

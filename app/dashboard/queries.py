@@ -22,6 +22,7 @@ from app.extensions import db
 from app.models import (
     Capture,
     CaptureAttempt,
+    Notice,
     Order,
     OrderChange,
     OrderEdit,
@@ -325,6 +326,7 @@ class OrderDetail:
     changes: list[OrderChange] = field(default_factory=list)
     events: list[WebhookEvent] = field(default_factory=list)
     edits: list[OrderEdit] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
 
     @property
     def pending_edit(self) -> OrderEdit | None:
@@ -385,8 +387,12 @@ def load_order_detail(order_id: str) -> OrderDetail | None:
     edits = list(db.session.scalars(
         select(OrderEdit).where(OrderEdit.order_id == order_id).order_by(OrderEdit.created_at)
     ))
+    notices = list(db.session.scalars(
+        select(Notice).where(Notice.order_id == order_id).order_by(Notice.created_at, Notice.id)
+    ))
     return OrderDetail(
         order=order,
+        notices=notices,
         payment=OrderPayments.of(order, payments),
         edits=edits,
         collection=collection,

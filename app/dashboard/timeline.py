@@ -1,4 +1,4 @@
-"""One order's history as a single timeline: placement, edits, Stripe's events, capture attempts, refunds.
+"""One order's history as a single timeline: placement, edits, Stripe's events, capture attempts, refunds, customer notices.
 
 Every entry keeps the trace id of the request, job or event that produced it, so staff can
 find the matching log lines.
@@ -23,6 +23,7 @@ class Entry:
     tone: str = "neutral"  # ok, warn, bad, info, neutral (the badge colour)
 
 
+NOTICE_TONES = {"sent": "ok", "pending": "warn", "sending": "warn", "failed": "bad"}
 ATTEMPT_TONES = {"succeeded": "ok", "reconciled": "ok", "failed": "bad", "retrying": "warn"}
 
 
@@ -104,6 +105,12 @@ def build_timeline(detail: OrderDetail) -> list[Entry]:
                 "requires_action": "warn"}.get(refund.status, "neutral")
         entries.append(Entry(refund.created_at, "refund", f"Refund {money(refund.amount, currency)}", text,
                              refund.trace_id, tone))
+
+    for notice in detail.notices:
+        # When it was written (with the change it reports), and what became of it.
+        state = notice.status + (f": {notice.provider_answer}" if notice.provider_answer else "")
+        entries.append(Entry(notice.created_at, "notice", f"Notice {notice.kind} to {notice.recipient}", state,
+                             notice.trace_id, NOTICE_TONES.get(notice.status, "neutral")))
 
     for payment in detail.payments:
         if payment.canceled_at is not None:

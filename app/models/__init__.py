@@ -2,6 +2,7 @@
 
 from app.models.cart import Cart, LineItem
 from app.models.catalog import Product
+from app.models.notice import Notice, NoticeKind, NoticeStatus
 from app.models.order import DisplayIdSequence, Order, OrderChange, OrderItem, OrderStatus
 from app.models.order_edit import OrderEdit, OrderEditStatus
 from app.models.payment import (
@@ -26,6 +27,9 @@ __all__ = [
     "Cart",
     "DisplayIdSequence",
     "LineItem",
+    "Notice",
+    "NoticeKind",
+    "NoticeStatus",
     "Order",
     "OrderChange",
     "OrderEdit",

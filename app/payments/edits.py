@@ -28,6 +28,7 @@ from app.log import current_trace_id
 from app.models import Order, OrderChange, OrderEditStatus, OrderItem, OrderStatus, Payment, PaymentStatus, Product
 from app.models.base import utcnow
 from app.money import MAX_AMOUNT
+from app.notices import outbox as notices
 from app.payments import transitions
 from app.payments.errors import (
     AmountTooLarge,
@@ -159,6 +160,7 @@ def edit_order(order_id: str, lines: list[EditLine]) -> EditResult:
                 trace_id=current_trace_id(),
             )
         )
+        notices.order_edited(fresh, version + 1, old_total, new_items)
     void_edit_intents(superseded)
     log.info("order edited", extra={"order_id": order_id, "version": version + 1, "total": new_total,
                                      "authorized": new_authorized})

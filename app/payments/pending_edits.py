@@ -45,6 +45,7 @@ from app.models import (
     PaymentStatus,
 )
 from app.models.base import utcnow
+from app.notices import outbox as notices
 from app.payments import transitions
 from app.payments.errors import (
     EditConflict,
@@ -237,6 +238,7 @@ def create_pending_edit(order: Order, items: list[OrderItem], total: int, author
                 trace_id=current_trace_id(),
             )
             session.add(edit)
+            notices.payment_required(session.get(Order, order_id), edit, items)
     except (GracePeriodOver, EditConflict, IntegrityError) as exc:
         _void_unused(intent.id, edit_id)
         if isinstance(exc, IntegrityError):  # another pending edit was written at the same moment
@@ -370,6 +372,7 @@ def _apply(edit_id: str, intent: PaymentIntent) -> None:
             authorized_after=edit.authorized_before + intent.amount_capturable,
             trace_id=current_trace_id(),
         ))
+        notices.order_edited(order, version + 1, total_before, order.items)
 
 
 def _raise_for_retired(edit: OrderEdit) -> None:

@@ -35,6 +35,7 @@ from app.models import (
     PaymentSessionStatus,
     PaymentStatus,
 )
+from app.notices import outbox as notices
 from app.payments.errors import (
     PaymentDeclined,
     PaymentNotAuthorized,
@@ -210,6 +211,7 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
                                 if intent.capture_before else None),
             )
         )
+        notices.order_placed(order)
     return order
 
 

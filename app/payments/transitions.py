@@ -28,6 +28,7 @@ from app.db_clock import db_now
 from app.extensions import db
 from app.models import Capture, Order, OrderStatus, OrderTransaction, Payment, PaymentStatus, Refund, RefundStatus
 from app.models.base import utcnow
+from app.notices import outbox as notices
 
 S = PaymentStatus
 
@@ -167,12 +168,14 @@ def _settle_order(order_id: str, status: str, now) -> None:
     values = {"status": status, "updated_at": now}
     if status == OrderStatus.CANCELED:
         values["canceled_at"] = now
-    db.session.execute(
+    settled = db.session.execute(
         update(Order)
         .where(Order.id == order_id, Order.status == OrderStatus.PENDING)
         .values(**values)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount == 1
+    if settled:  # the customer hears of it once: the cancel, or the receipt
+        notices.order_settled(order_id, status)
 
 
 def payments_still_editable(order_id: str) -> bool:
@@ -290,7 +293,7 @@ def complete_refund(refund_id: str, stripe_refund_id: str) -> bool:
 
 
 def add_refund_transaction(refund: Refund) -> None:
-    """The order's ledger line for a succeeded refund: − its amount."""
+    """The order's ledger line for a succeeded refund: − its amount (and the customer's notice of it)."""
     payment = db.session.get(Payment, refund.payment_id)
     db.session.add(
         OrderTransaction(
@@ -301,6 +304,7 @@ def add_refund_transaction(refund: Refund) -> None:
             reference_id=refund.id,
         )
     )
+    notices.refund_issued(refund)
 
 
 def fail_refund(refund_id: str, status: str, error: str, stripe_refund_id: str | None = None) -> bool:
