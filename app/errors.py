@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
+
+from app.extensions import db
 
 from app.payments import errors as domain
 from app.payments import provider_errors as provider
@@ -102,6 +105,10 @@ _HTTP_CODES = {
 }
 
 
+# PostgreSQL's deadlock_detected and serialization_failure.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError):
@@ -131,6 +138,16 @@ def init_app(app: Flask) -> None:
         if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
+
+    @app.errorhandler(DBAPIError)
+    def handle_database_error(error: DBAPIError):
+        # Two writers of the same order that PostgreSQL had to part (a deadlock, a serialization
+        # failure): nothing was committed, and the same request may succeed now. Anything else is a bug.
+        if getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE_SQLSTATES:
+            db.session.rollback()
+            log.warning("write conflict", extra={"sqlstate": error.orig.sqlstate})
+            return error_response(409, "order_busy", "The order is being changed by another request; try again.")
+        return handle_unexpected(error)
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):

@@ -5,7 +5,19 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from app.models import Cart, Order, OrderEdit, OrderEditStatus, OrderItem, OrderStatus, Payment, PaymentStatus
+from app.extensions import db
+from app.models import (
+    Cart,
+    Order,
+    OrderEdit,
+    OrderEditStatus,
+    OrderItem,
+    OrderStatus,
+    Payment,
+    PaymentSession,
+    PaymentSessionStatus,
+    PaymentStatus,
+)
 from app.models.base import isoformat, utcnow
 from app.payments.order_payments import OrderPayments
 from app.payments.pending_edits import pending_edit_for
@@ -93,6 +105,21 @@ def payment_json(payment: Payment) -> dict:
     }
 
 
+_SESSION_TO_INTENT_STATUS = {
+    PaymentSessionStatus.PENDING: "requires_payment_method",
+    PaymentSessionStatus.ERROR: "requires_payment_method",
+    PaymentSessionStatus.REQUIRES_MORE: "requires_action",
+    PaymentSessionStatus.AUTHORIZED: "requires_capture",
+    PaymentSessionStatus.CAPTURED: "succeeded",
+    PaymentSessionStatus.CANCELED: "canceled",
+}
+
+
+def _session_status(edit: OrderEdit) -> str | None:
+    session = db.session.get(PaymentSession, edit.payment_session_id)
+    return session.status if session is not None else None
+
+
 def pending_edit_json(edit: OrderEdit) -> dict:
     return {
         "id": edit.id,
@@ -106,9 +133,8 @@ def pending_edit_json(edit: OrderEdit) -> dict:
             "client_secret": edit.client_secret,
             "amount": edit.amount_due,
             "currency": edit.currency,
-            # As Stripe had it when the edit was made (the order view shows a pending edit only
-            # while it waits for the customer's confirmation).
-            "status": "requires_payment_method",
+            # As Stripe last told us (its payment session follows the PaymentIntent's events).
+            "status": _SESSION_TO_INTENT_STATUS.get(_session_status(edit), "requires_payment_method"),
         },
         "expires_at": isoformat(edit.expires_at),
     }

@@ -185,10 +185,12 @@ def available_actions(detail: OrderDetail) -> list[str]:
     payment = detail.payment
     if payment is None:
         return []
+    # Part captured (an order of two payments): cancel would keep that money; refund it instead.
+    cancel = [] if payment.captured_amount else ["cancel"]
     if payment.status == PaymentStatus.AUTHORIZED:
-        return ["capture", "cancel"]
+        return ["capture", *cancel]
     if payment.status == PaymentStatus.CAPTURE_FAILED:
-        return ["retry", "cancel"]
+        return ["retry", *cancel]
     if payment.status == PaymentStatus.CAPTURED and payment.refundable_amount > 0:
         return ["refund"]
     return []

@@ -28,63 +28,97 @@ def _voided_at_stripe(payment_intent_id: str) -> bool | None:
         return None
 
 
+class _NotBegun(Exception):
+    """The cancel could not take every open payment (one is being captured, canceled, or past its deadline)."""
+
+
 def cancel_order(order_id: str, *, actor: str = "customer", after_deadline: bool = False) -> Order:
     """Void every authorization of the order and cancel it; 409 `grace_period_expired` once the deadline passed.
 
     Staff may cancel an uncaptured order after the deadline (`after_deadline=True`).
     A second cancel returns the canceled order unchanged. A pending edit is canceled with the
-    order and its PaymentIntent voided.
+    order and its PaymentIntent voided. Once one payment is voided the cancel is never undone:
+    a payment Stripe did not void at once stays `canceling` and the sweep voids it.
     """
     order = require_order(order_id)
     if order.status == OrderStatus.CANCELED:
         return order
-    payments = payments_for_order(order_id)
-    if not payments:
-        raise NotCancelable("The order has no payment to void.")
-    began = {p.id: p.status for p in payments if p.status in transitions.CANCELABLE}
-    with write_transaction():
-        # All of them or none: a cancel never leaves one payment voided and another still capturable.
-        won = bool(began) and all(
-            transitions.begin_cancel(payment_id, status, before_deadline=not after_deadline)
-            for payment_id, status in began.items()
-        )
-        if not won:
-            db.session.rollback()
-        else:
+    try:
+        with write_transaction():
+            # Under the order's lock the payments read are all of them (an increase applied a moment
+            # ago included), and none can be added until this commits.
+            transitions.lock_order(order_id)
+            payments = payments_for_order(order_id)
+            if not payments:
+                raise NotCancelable("The order has no payment to void.")
+            statuses = {p.status for p in payments}
+            if statuses <= {PaymentStatus.CANCELED}:
+                return db.session.get(Order, order_id)
+            if statuses & {PaymentStatus.CAPTURING, PaymentStatus.CAPTURED}:
+                if after_deadline and PaymentStatus.CAPTURED in statuses:
+                    raise NotCancelable("Part of the order's payment was captured: refund it instead of canceling.")
+                raise GracePeriodOver("The grace period is over; the order can no longer be canceled.")
+            began = {p.id: p.status for p in payments if p.status in transitions.CANCELABLE}
+            if not began or not all(
+                transitions.begin_cancel(payment_id, status, before_deadline=not after_deadline)
+                for payment_id, status in began.items()
+            ):
+                raise _NotBegun()
             retired = retire_pending(order_id, OrderEditStatus.CANCELED, f"the order was canceled by {actor}")
-    if not won:
+    except _NotBegun:
         db.session.expire_all()
         payments = payments_for_order(order_id)
-        statuses = {p.status for p in payments}
-        if statuses <= {PaymentStatus.CANCELED}:
-            return db.session.get(Order, order_id)
         deadline_passed = min(p.capture_due_at for p in payments) <= read_db_now(db.session)
-        if statuses & {PaymentStatus.CAPTURING, PaymentStatus.CAPTURED} or (deadline_passed and not after_deadline):
-            raise GracePeriodOver("The grace period is over; the order can no longer be canceled.")
-        raise OrderBusy("The order is being changed; try again.")
+        if deadline_passed and not after_deadline:
+            raise GracePeriodOver("The grace period is over; the order can no longer be canceled.") from None
+        raise OrderBusy("The order is being changed; try again.") from None
     void_edit_intents(retired)
 
-    failure: Exception | None = None
+    # Void each at Stripe. The first that Stripe refuses outright gives the whole cancel up (the rest
+    # go back to what they were); once one is voided, or may be, the cancel stands and a payment
+    # Stripe did not void stays `canceling` for the sweep, never restored.
+    outcomes: list[tuple[str, Exception | None]] = []
     for payment_id, from_status in began.items():
-        try:
-            _void(db.session.get(Payment, payment_id), from_status, actor)
-        except (GracePeriodOver, NotCancelable, ProviderUnavailable) as exc:
-            failure = failure or exc
+        if outcomes and outcomes[0][0] == RESTORED:
+            with write_transaction():
+                transitions.abort_cancel(payment_id, from_status)
+            continue
+        committed = any(outcome != RESTORED for outcome, _ in outcomes)
+        outcomes.append(_void(db.session.get(Payment, payment_id), from_status, actor, keep_canceling=committed))
     remove_capture_intent(order_id)
-    if failure is not None:
+    failure = next((error for outcome, error in outcomes if error is not None), None)
+    if outcomes[0][0] == RESTORED:
         raise failure
+    if any(outcome == PENDING for outcome, _ in outcomes):
+        raise ProviderUnavailable("Stripe did not confirm every void yet; the cancel will be completed shortly.") \
+            from failure
     log.info("order canceled", extra={"order_id": order_id, "actor": actor})
     db.session.expire_all()
     return db.session.get(Order, order_id)
 
 
-def _void(payment: Payment, began_from: str, actor: str) -> None:
-    """Void one payment the cancel holds (`canceling`) at Stripe, and record what Stripe did."""
+VOIDED, RESTORED, PENDING = "voided", "restored", "pending"
+
+
+def _void(payment: Payment, began_from: str, actor: str, *, keep_canceling: bool = False) -> tuple[str, Exception | None]:
+    """Void one payment the cancel holds (`canceling`) at Stripe, and record what Stripe did.
+
+    Returns `voided`, `restored` (Stripe did not void it: the payment is back to `began_from`) or
+    `pending` (Stripe could not say, or `keep_canceling`: the payment stays `canceling` and the sweep
+    asks Stripe again), with the error to answer. Raises GracePeriodOver if it was captured."""
     # One key per cancel attempt (the moment `begin_cancel` won, on the row): a retry inside this
     # attempt is replayed, and a later attempt is not answered with an error Stripe stored for this one.
     db.session.expire_all()
     payment = db.session.get(Payment, payment.id)
     began_at = payment.updated_at
+
+    def not_voided(error: Exception) -> tuple[str, Exception]:
+        if keep_canceling:
+            return PENDING, error
+        with write_transaction():
+            transitions.abort_cancel(payment.id, began_from)
+        return RESTORED, error
+
     try:
         get_gateway().cancel_payment_intent(
             payment.stripe_payment_intent_id,
@@ -99,20 +133,17 @@ def _void(payment: Payment, began_from: str, actor: str) -> None:
             apply_captured(payment.id, intent, created_by="stripe")
             raise GracePeriodOver("The payment was already captured.") from exc
         if intent.status != "canceled":
-            with write_transaction():
-                transitions.abort_cancel(payment.id, began_from)
-            raise NotCancelable(f"Stripe refused to void the payment: {exc.message}") from exc
-    except PaymentProviderError as exc:
+            return not_voided(NotCancelable(f"Stripe refused to void the payment: {exc.message}"))
+    except PaymentProviderError:
         # No usable answer: the void may have happened. Say what actually happened, not a guess.
         voided = _voided_at_stripe(payment.stripe_payment_intent_id)
         if voided is None:
             # Stripe cannot say: the payment stays `canceling` (no capture can claim it) and the
             # sweep asks Stripe again after STUCK_OPERATION_SECONDS, then records or restores.
-            raise ProviderUnavailable("Stripe did not answer; the cancel will be confirmed with Stripe shortly.") from exc
+            return PENDING, ProviderUnavailable("Stripe did not answer; the cancel will be confirmed with Stripe shortly.")
         if not voided:
-            with write_transaction():
-                transitions.abort_cancel(payment.id, began_from)
-            raise ProviderUnavailable("Stripe is unavailable; the order was not canceled. Try again.") from exc
+            return not_voided(ProviderUnavailable("Stripe is unavailable; the order was not canceled. Try again."))
 
     with write_transaction():
         transitions.record_canceled(payment.id, f"canceled by {actor}")
+    return VOIDED, None

@@ -126,6 +126,7 @@ def edit_order(order_id: str, lines: list[EditLine]) -> EditResult:
         p.amount for p in live if p.id == raised[0])
 
     with write_transaction() as session:
+        transitions.lock_order(order_id)
         if not transitions.payments_still_editable(order_id):
             raise GracePeriodOver("The grace period ended while the edit was in progress; the edit was not applied.")
         if raised is not None:

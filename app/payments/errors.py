@@ -145,6 +145,12 @@ class EditConflict(StateConflict):
     code = "edit_conflict"
 
 
+class IncreaseRefused(StateConflict):
+    """Stripe refused the second payment an increase needs (its amount below the minimum charge)."""
+
+    code = "authorization_increase_refused"
+
+
 class OrderBusy(StateConflict):
     """Another operation holds the payment for a moment (a cancel or capture in flight)."""
 

@@ -8,6 +8,7 @@ refunds in `refunds.resolve_stuck_refunds`; unprocessed webhook events in `app.w
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -23,6 +24,26 @@ from app.payments.stripe_gateway import get_gateway
 log = logging.getLogger(__name__)
 
 BATCH = 100
+
+
+def _a_sibling_was_voided_by_the_cancel(payment: Payment) -> bool:
+    """Another payment of the order was voided by a customer's or staff's cancel (not by the engine)."""
+    reasons = db.session.scalars(select(Payment.cancellation_reason).where(
+        Payment.order_id == payment.order_id, Payment.id != payment.id, Payment.status == PaymentStatus.CANCELED))
+    return any(r and r.startswith("canceled by ") and not r.startswith("canceled by the engine") for r in reasons)
+
+
+def _void_again(payment: Payment) -> bool:
+    try:
+        get_gateway().cancel_payment_intent(payment.stripe_payment_intent_id, reason="requested_by_customer",
+                                            idempotency_key=f"cancel:{payment.id}:sweep:{secrets.token_hex(6)}")
+    except PaymentProviderError as exc:
+        log.warning("stuck cancel: void not made yet", extra={"payment_id": payment.id, "error": exc.message})
+        return False
+    with write_transaction():
+        changed = transitions.record_canceled(payment.id, "canceled by a cancel resumed by the sweep")
+    remove_capture_intent(payment.order_id)
+    return changed
 
 
 def resolve_stuck_cancels(now: datetime, stuck_after: timedelta) -> int:
@@ -49,6 +70,9 @@ def resolve_stuck_cancels(now: datetime, stuck_after: timedelta) -> int:
             remove_capture_intent(payment.order_id)
         elif intent.status == "succeeded":
             changed = apply_captured(payment.id, intent, created_by="stripe")
+        elif _a_sibling_was_voided_by_the_cancel(payment):
+            # The order's cancel voided another of its payments: it stands; void this one too.
+            changed = _void_again(payment)
         else:
             with write_transaction():
                 changed = transitions.abort_cancel(payment.id, payment.status_before_cancel or PaymentStatus.AUTHORIZED)

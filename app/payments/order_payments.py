@@ -33,15 +33,17 @@ def payments_for_order(order_id: str) -> list[Payment]:
 
 
 def allocate(total: int, payments: list[Payment]) -> dict[str, int]:
-    """What to capture from each payment: the total taken from the live ones oldest first, each at
-    most its authorized amount; 0 for a payment the total does not need (it is voided)."""
-    left = total
-    shares = {}
-    for payment in payments:
-        if payment.status == S.CANCELED:
+    """What to capture from each payment: what the captured ones took counts first (a payment may
+    have been captured outside the engine), then the rest of the total is taken from the uncaptured
+    live ones oldest first, each at most its authorized amount; 0 for a payment the total does not
+    need (it is voided)."""
+    live = [p for p in payments if p.status != S.CANCELED]
+    shares = {p.id: p.captured_amount for p in live if p.status == S.CAPTURED}
+    left = total - sum(shares.values())
+    for payment in live:
+        if payment.status == S.CAPTURED:
             continue
-        share = min(left, payment.amount) if payment.status != S.CAPTURED else payment.captured_amount
-        shares[payment.id] = max(share, 0)
+        shares[payment.id] = max(0, min(left, payment.amount))
         left -= shares[payment.id]
     return shares
 

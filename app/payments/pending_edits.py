@@ -50,6 +50,7 @@ from app.payments import transitions
 from app.payments.errors import (
     EditConflict,
     GracePeriodOver,
+    IncreaseRefused,
     OrderCanceled,
     OrderEditNotFound,
     PaymentNotAuthorized,
@@ -192,6 +193,10 @@ def create_pending_edit(order: Order, items: list[OrderItem], total: int, author
             idempotency_key=key,
             metadata={"order_id": order_id, "order_edit_id": edit_id},
         )
+    except ProviderRefused as exc:
+        # Stripe will not make it (an amount below the currency's minimum charge, say): retrying cannot help.
+        raise IncreaseRefused(f"Stripe refused a payment of {amount_due} {order.currency} for the difference: "
+                              f"{exc.message}") from exc
     except PaymentProviderError as exc:
         # Nothing was written: a PaymentIntent Stripe may have made is unconfirmed, unknown to the
         # customer, and holds no money.
@@ -199,6 +204,7 @@ def create_pending_edit(order: Order, items: list[OrderItem], total: int, author
 
     try:
         with write_transaction(expire_on_commit=False) as session:
+            transitions.lock_order(order_id)
             if not transitions.payments_still_editable(order_id):
                 raise GracePeriodOver("The grace period ended while the edit was in progress; the edit was not applied.")
             same_version = session.execute(
@@ -313,6 +319,8 @@ def _apply(edit_id: str, intent: PaymentIntent) -> None:
     with write_transaction() as session:
         edit = session.get(OrderEdit, edit_id)
         order_id, version = edit.order_id, edit.base_version
+        transitions.lock_order(order_id)
+        session.expire_all()  # read the order as the lock found it
         total_before = session.get(Order, order_id).total
         won = session.execute(
             update(OrderEdit)

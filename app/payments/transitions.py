@@ -33,6 +33,23 @@ from app.notices import outbox as notices
 S = PaymentStatus
 
 
+def lock_order(order_id: str) -> None:
+    """The first statement of every transaction that writes more than one of an order's rows (its
+    payments, the order, its edits): the order row is their lock, taken first, so two such
+    transactions queue instead of deadlocking on PostgreSQL, and what the second reads after it
+    (a payment the first added) is complete. `FOR NO KEY UPDATE`: rows inserted elsewhere that
+    merely reference the order (ledger lines, notices) are not held up. SQLite's writers queue
+    on BEGIN IMMEDIATE anyway (the clause is not rendered there)."""
+    db.session.execute(select(Order.id).where(Order.id == order_id).with_for_update(key_share=True))
+
+
+def lock_order_of(payment_id: str) -> str:
+    """`lock_order` for the order of `payment_id`; returns the order's id."""
+    order_id = db.session.scalar(select(Payment.order_id).where(Payment.id == payment_id))
+    lock_order(order_id)
+    return order_id
+
+
 def _compare_and_set(payment_id: str, expected: Iterable[str], new_status: str, **values) -> bool:
     statement = (
         update(Payment)
@@ -119,6 +136,7 @@ def record_capture(payment_id: str, amount: int, *, created_by: str, trace_id: s
     Accepted from any open state: Stripe's word that the money was captured (the job's
     answer, a reconcile, or a `payment_intent.succeeded` for a capture made elsewhere) wins.
     """
+    lock_order_of(payment_id)
     now = utcnow()
     values = {"captured_amount": amount, "captured_at": now, "last_capture_error": None}
     if charge_id:
@@ -221,6 +239,7 @@ def begin_cancel(payment_id: str, from_status: str, *, before_deadline: bool = T
 
 def end_grace_period_now(order_id: str) -> bool:
     """Staff's "capture now": the deadline becomes now (the database's) for every payment still authorized."""
+    lock_order(order_id)
     won = db.session.execute(
         update(Payment)
         .where(Payment.order_id == order_id, Payment.status == S.AUTHORIZED)
@@ -249,6 +268,7 @@ def abort_cancel(payment_id: str, restore_to: str) -> bool:
 def record_canceled(payment_id: str, reason: str | None) -> bool:
     """→ canceled (voided by us, or expired/canceled at Stripe). The order is canceled with it when it
     was the order's only live payment; completed when another one was captured."""
+    lock_order_of(payment_id)
     now = utcnow()
     if not _compare_and_set(payment_id, S.OPEN, S.CANCELED, canceled_at=now, cancellation_reason=reason):
         return False
