@@ -19,6 +19,25 @@ from tests.test_order_increases import (
 )
 
 
+def _another_waits_for_a_lock(db_session) -> bool:
+    """PostgreSQL: is another connection of this database waiting for a row lock right now?"""
+    from sqlalchemy import text
+
+    return bool(db_session.execute(text(
+        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()"
+    )).scalar())
+
+
+def _until_another_waits_for_a_lock(db_session, seconds: float = 10) -> bool:
+    """Poll (bounded) until the other request is seen blocked on our lock: the window is then open."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _another_waits_for_a_lock(db_session):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _payments(db_session, order_id):
     from app.models import Payment
     db_session.expire_all()
@@ -65,7 +84,6 @@ def test_r1_a_cancel_voids_a_payment_applied_a_moment_before_it(app, client, sim
 # under the order's lock, and the increase waits for the cancel, finds the order canceled and is voided.
 def test_r1b_an_increase_applied_right_after_the_cancel_listed_the_payments_is_voided(
         app, client, sim, sim_control, monkeypatch, db_session, is_postgres):
-    from sqlalchemy import text
 
     from app.payments import cancellation
 
@@ -86,9 +104,7 @@ def test_r1b_an_increase_applied_right_after_the_cancel_listed_the_payments_is_v
             # queues on the file lock, which it does not show: give it a moment there).
             for _ in range(100):
                 worker.join(0.05)
-                if not worker.is_alive() or (is_postgres and db_session.execute(text(
-                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                        "and datname = current_database()")).scalar()):
+                if not worker.is_alive() or (is_postgres and _another_waits_for_a_lock(db_session)):
                     break
         return payments
 
@@ -172,7 +188,6 @@ def test_r2_an_apply_and_a_cancel_or_edit_of_the_same_order_queue_instead_of_dea
                                                       is_postgres, other):
     if not is_postgres:
         pytest.skip("PostgreSQL row locks")
-    from sqlalchemy import text
 
     from app.payments import transitions
 
@@ -202,14 +217,7 @@ def test_r2_an_apply_and_a_cancel_or_edit_of_the_same_order_queue_instead_of_dea
             thread.start()
             answers["thread"] = thread
             # Wait (bounded) until the other transaction is blocked on a row lock (the edit row we hold).
-            for _ in range(200):
-                waiting = db_session.execute(text(
-                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                    "and datname = current_database()")).scalar()
-                if waiting:
-                    break
-                time.sleep(0.05)
-            answers["other_blocked"] = bool(waiting)
+            answers["other_blocked"] = _until_another_waits_for_a_lock(db_session)
         return real(order_id)
 
     monkeypatch.setattr(transitions, "payments_still_editable", interleave)
@@ -253,7 +261,6 @@ def test_r5_an_edit_that_waited_for_an_apply_is_told_the_order_changed(app, clie
                                                               db_session, is_postgres):
     if not is_postgres:
         pytest.skip("PostgreSQL row locks")
-    from sqlalchemy import text
 
     from app.payments import transitions
 
@@ -275,11 +282,7 @@ def test_r5_an_edit_that_waited_for_an_apply_is_told_the_order_changed(app, clie
             thread = threading.Thread(target=run_other)
             thread.start()
             answers["thread"] = thread
-            for _ in range(200):
-                if db_session.execute(text("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                                           "and datname = current_database()")).scalar():
-                    break
-                time.sleep(0.05)
+            _until_another_waits_for_a_lock(db_session)
         return result
 
     monkeypatch.setattr(transitions, "payments_still_editable", interleave)
@@ -338,11 +341,7 @@ def test_r7_cancel_vs_edit_lock_order(app, client, sim, sim_control, monkeypatch
             thread = threading.Thread(target=run_other)
             thread.start()
             answers["thread"] = thread
-            for _ in range(200):
-                if db_session.execute(text("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                                           "and datname = current_database()")).scalar():
-                    break
-                time.sleep(0.05)
+            _until_another_waits_for_a_lock(db_session)
         return won
 
     monkeypatch.setattr(transitions, "begin_cancel", interleave)
