@@ -19,7 +19,7 @@ from app.db_clock import read_db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.log import current_trace_id
-from app.models import CaptureAttempt, Order, Payment, PaymentStatus
+from app.models import CaptureAttempt, Order, OrderEditStatus, Payment, PaymentStatus
 from app.models.base import utcnow
 from app.payments import transitions
 from app.payments.capture_intents import service_for
@@ -34,7 +34,7 @@ from app.payments.provider_errors import (
     ResourceMissing,
 )
 from app.payments.order_payments import allocate, payments_for_order
-from app.payments.pending_edits import lapse_pending_edits
+from app.payments.pending_edits import retire_pending, void_edit_intents
 from app.payments.reconcile import apply_canceled, apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.queues import enqueue_capture
@@ -92,9 +92,11 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
     done: set[str] = set()
     outcomes: list[str] = []
     retry: CaptureRetryLater | None = None
+    payments: list[Payment] | None = None  # as read after the last claim (complete then), or None
     while True:
-        db.session.expire_all()
-        payments = payments_for_order(order_id)
+        if payments is None:
+            db.session.expire_all()
+            payments = payments_for_order(order_id)
         if not payments:
             log.warning("capture requested for an order without payment", extra={"order_id": order_id})
             return CaptureOutcome.NOT_CAPTURABLE
@@ -104,9 +106,10 @@ def capture_order(order_id: str, *, trigger: str, allow_failed: bool = False, ac
             break
         done.add(payment.id)
         try:
-            outcome = _capture_payment(order_id, payment.id, trigger=trigger, allow_failed=allow_failed, actor=actor)
+            outcome, payments = _capture_payment(order_id, payment.id, trigger=trigger, allow_failed=allow_failed,
+                                                 actor=actor)
         except CaptureRetryLater as exc:
-            retry = exc
+            retry, payments = exc, None
             continue
         outcomes.append(outcome)
         if outcome == CaptureOutcome.NOT_DUE:
@@ -131,35 +134,58 @@ def _summary_outcome(outcomes: list[str]) -> str:
     return CaptureOutcome.NOT_CAPTURABLE
 
 
-def _capture_payment(order_id: str, payment_id: str, *, trigger: str, allow_failed: bool, actor: str) -> str:
-    """Claim one payment, capture its share of the total at Stripe (or void it if its share is 0), record it."""
+def _capture_payment(order_id: str, payment_id: str, *, trigger: str, allow_failed: bool,
+                     actor: str) -> tuple[str, list[Payment] | None]:
+    """Claim one payment, capture its share of the total at Stripe (or void it if its share is 0), record it.
+
+    Returns the outcome and the order's payments as read right after the claim: complete, since no
+    increase can apply once one of the order's payments is claimed (the caller takes the next from
+    them); None when nothing was claimed."""
     for _ in range(2):
-        with write_transaction():
-            token = transitions.claim_for_capture(payment_id, allow_failed=allow_failed)
-        if token is not None:
+        try:
+            with write_transaction():
+                # The claim proves the deadline passed, so a pending edit can no longer apply: it lapses
+                # with the claim, or not at all (the edit row first, in the order an apply takes them).
+                lapsed = retire_pending(order_id, OrderEditStatus.EXPIRED, "the grace period ended before it was paid")
+                token = transitions.claim_for_capture(payment_id, allow_failed=allow_failed)
+                if token is None:
+                    raise _NotClaimed()
             break
+        except _NotClaimed:
+            pass
         db.session.expire_all()
         payment = db.session.get(Payment, payment_id)
         if payment.status != PaymentStatus.AUTHORIZED:
             return (CaptureOutcome.ALREADY_CAPTURED if payment.status == PaymentStatus.CAPTURED
-                    else CaptureOutcome.NOT_CAPTURABLE)
+                    else CaptureOutcome.NOT_CAPTURABLE), None
         if _rearm(order_id, payment):
             log.info("capture refused: grace period still running",
                      extra={"order_id": order_id, "due_at": payment.capture_due_at.isoformat()})
-            return CaptureOutcome.NOT_DUE
+            return CaptureOutcome.NOT_DUE, None
         # The deadline passed between the claim and the re-arm: claim again now, not at the fallback.
     else:
-        return CaptureOutcome.NOT_DUE
+        return CaptureOutcome.NOT_DUE, None
+    if lapsed:
+        log.info("pending edit lapsed at the deadline", extra={"order_id": order_id, "order_edit_id": lapsed[0]})
+        void_edit_intents(lapsed)
 
-    # The claim proves the deadline passed: a pending edit can no longer apply, and no edit can
-    # change the total or add a payment once one payment is `capturing`. Read the share after it.
-    lapse_pending_edits(order_id)
+    # No edit can change the total or add a payment once one payment is `capturing`: read the share now.
     db.session.expire_all()
     order = db.session.get(Order, order_id)
-    payment = db.session.get(Payment, payment_id)
-    amount = allocate(order.total, payments_for_order(order_id)).get(payment_id, 0)
+    payments = payments_for_order(order_id)
+    payment = next(p for p in payments if p.id == payment_id)
+    amount = allocate(order.total, payments).get(payment_id, 0)
     if amount <= 0:
-        return _void_unneeded(payment, token, trigger)
+        return _void_unneeded(payment, token, trigger), payments
+    return _capture_share(payment, token, amount, trigger, actor), payments
+
+
+class _NotClaimed(Exception):
+    """The claim's compare-and-set did not win: its transaction (and the lapse with it) rolls back."""
+
+
+def _capture_share(payment: Payment, token: int, amount: int, trigger: str, actor: str) -> str:
+    """Capture `amount` of the claimed payment at Stripe, under its key, and record the answer."""
     gateway = get_gateway()
     try:
         intent = gateway.capture_payment_intent(

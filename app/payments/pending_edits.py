@@ -426,15 +426,6 @@ def edit_canceled_at_stripe(payment_intent_id: str) -> None:
 # --- 3. the sweep's janitor -----------------------------------------------------------------------
 
 
-def lapse_pending_edits(order_id: str) -> None:
-    """The capture has claimed the order's payment: a pending edit can no longer apply; it lapses."""
-    with write_transaction():
-        lapsed = retire_pending(order_id, E.EXPIRED, "the grace period ended before it was paid")
-    if lapsed:
-        log.info("pending edit lapsed at the deadline", extra={"order_id": order_id, "order_edit_id": lapsed[0]})
-        void_edit_intents(lapsed)
-
-
 def resolve_pending_edits(now: datetime, stuck_after: timedelta) -> int:
     """Pending edits past their expiry lapse; edits whose void did not happen (the process died, Stripe
     did not answer) are voided now. Bounded per sweep; returns how many were resolved."""

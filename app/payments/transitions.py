@@ -44,10 +44,11 @@ def lock_order(order_id: str) -> None:
 
 
 def lock_order_of(payment_id: str) -> str:
-    """`lock_order` for the order of `payment_id`; returns the order's id."""
-    order_id = db.session.scalar(select(Payment.order_id).where(Payment.id == payment_id))
-    lock_order(order_id)
-    return order_id
+    """`lock_order` for the order of `payment_id`, in the same statement; returns the order's id."""
+    return db.session.scalar(
+        select(Order.id).join(Payment, Payment.order_id == Order.id).where(Payment.id == payment_id)
+        .with_for_update(of=Order, key_share=True)
+    )
 
 
 def _compare_and_set(payment_id: str, expected: Iterable[str], new_status: str, **values) -> bool:
