@@ -86,37 +86,38 @@ def enqueue_capture(order_id: str, trigger: str, *, replace_started: bool = Fals
     the sweep's recovery of a claim whose worker died: its job still looks "started".
     """
     captures = queue(CAPTURE_QUEUE)
-    job_id = capture_job_id(order_id)
+
+    def replaceable(old: Job, status) -> bool:
+        return (status in _FINISHED
+                or (replace_started and status == JobStatus.STARTED)
+                or (replace_stale and _will_never_run(old, status, captures)))
+
+    queued = _enqueue_unique(
+        captures, CAPTURE_JOB, (order_id, trigger), capture_job_id(order_id), replaceable,
+        retry=CAPTURE_RETRY, job_timeout=CAPTURE_JOB_TIMEOUT, description=f"capture order {order_id} ({trigger})",
+    )
+    if queued:
+        log.info("capture enqueued", extra={"order_id": order_id, "trigger": trigger})
+    return queued
+
+
+def _enqueue_unique(q: Queue, func: str, args: tuple, job_id: str, replaceable, **options) -> bool:
+    """Enqueue `func(*args)` under `job_id` unless a job of that id is queued, scheduled or running.
+
+    RQ's `unique=True` makes the check-and-enqueue atomic in Redis. A finished or failed job of an
+    earlier attempt still holds the id: if `replaceable(old_job, status)` says so it is deleted and
+    the enqueue tried once more. False when a live job already has the id."""
     for _ in range(2):
         try:
-            captures.enqueue(
-                CAPTURE_JOB,
-                order_id,
-                trigger,
-                job_id=job_id,
-                unique=True,
-                retry=CAPTURE_RETRY,
-                job_timeout=CAPTURE_JOB_TIMEOUT,
-                result_ttl=0,
-                failure_ttl=FAILED_JOB_TTL,
-                meta={"trace_id": current_trace_id()},
-                description=f"capture order {order_id} ({trigger})",
-            )
-            log.info("capture enqueued", extra={"order_id": order_id, "trigger": trigger})
+            q.enqueue(func, *args, job_id=job_id, unique=True, result_ttl=0, failure_ttl=FAILED_JOB_TTL,
+                      meta={"trace_id": current_trace_id()}, **options)
             return True
         except DuplicateJobError:
-            # A finished or failed job of an earlier attempt still holds the id: clear it, try once more.
             try:
-                old = Job.fetch(job_id, connection=captures.connection)
+                old = Job.fetch(job_id, connection=q.connection)
             except NoSuchJobError:
                 continue
-            status = old.get_status(refresh=True)
-            replaceable = (
-                status in _FINISHED
-                or (replace_started and status == JobStatus.STARTED)
-                or (replace_stale and _will_never_run(old, status, captures))
-            )
-            if not replaceable:
+            if not replaceable(old, old.get_status(refresh=True)):
                 return False
             old.delete()
     return False
@@ -199,30 +200,8 @@ def notice_job_id(notice_id: str) -> str:
 def enqueue_notice(notice_id: str) -> bool:
     """Queue the notice's send job under job id `notice-{notice_id}`; False if it is already queued,
     scheduled for a retry or running (the row's claim decides anyway: a second job sends nothing)."""
-    notices = queue(DEFAULT_QUEUE)
-    job_id = notice_job_id(notice_id)
-    for _ in range(2):
-        try:
-            notices.enqueue(
-                NOTICE_JOB,
-                notice_id,
-                job_id=job_id,
-                unique=True,
-                retry=NOTICE_RETRY,
-                job_timeout=NOTICE_JOB_TIMEOUT,
-                result_ttl=0,
-                failure_ttl=FAILED_JOB_TTL,
-                meta={"trace_id": current_trace_id()},
-                description=f"send notice {notice_id}",
-            )
-            return True
-        except DuplicateJobError:
-            # A failed job of an earlier attempt still holds the id: clear it, try once more.
-            try:
-                old = Job.fetch(job_id, connection=notices.connection)
-            except NoSuchJobError:
-                continue
-            if old.get_status(refresh=True) not in _FINISHED:
-                return False
-            old.delete()
-    return False
+    return _enqueue_unique(
+        queue(DEFAULT_QUEUE), NOTICE_JOB, (notice_id,), notice_job_id(notice_id),
+        lambda old, status: status in _FINISHED,
+        retry=NOTICE_RETRY, job_timeout=NOTICE_JOB_TIMEOUT, description=f"send notice {notice_id}",
+    )
