@@ -34,7 +34,7 @@ from app.payments.provider_errors import (
     ResourceMissing,
 )
 from app.payments.order_payments import allocate, payments_for_order
-from app.payments.pending_edits import retire_pending, void_edit_intents
+from app.payments.pending_edits import LAPSED, retire_pending, void_edit_intents
 from app.payments.reconcile import apply_canceled, apply_captured, remove_capture_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.queues import enqueue_capture
@@ -146,7 +146,7 @@ def _capture_payment(order_id: str, payment_id: str, *, trigger: str, allow_fail
             with write_transaction():
                 # The claim proves the deadline passed, so a pending edit can no longer apply: it lapses
                 # with the claim, or not at all (the edit row first, in the order an apply takes them).
-                lapsed = retire_pending(order_id, OrderEditStatus.EXPIRED, "the grace period ended before it was paid")
+                lapsed = retire_pending(order_id, OrderEditStatus.EXPIRED, LAPSED)
                 token = transitions.claim_for_capture(payment_id, allow_failed=allow_failed)
                 if token is None:
                     raise _NotClaimed()

@@ -122,8 +122,10 @@ def edit_order(order_id: str, lines: list[EditLine]) -> EditResult:
         raised = _raise_an_authorization(live, new_total - old_authorized, order_id, version, new_total)
         if raised is None:
             return create_pending_edit(order, new_items, new_total, old_authorized, version)
-    new_authorized = old_authorized if raised is None else old_authorized + raised[1] - next(
-        p.amount for p in live if p.id == raised[0])
+    new_authorized = old_authorized
+    if raised is not None:
+        raised_id, raised_to = raised
+        new_authorized += raised_to - next(p.amount for p in live if p.id == raised_id)
 
     with write_transaction() as session:
         transitions.lock_order(order_id)

@@ -100,27 +100,30 @@ def require_edit(order_id: str, edit_id: str) -> OrderEdit:
 # --- retiring: every way out of requires_payment but `applied` ------------------------------------
 
 
-def retire_pending(order_id: str, status: str, why: str) -> list[str]:
-    """Inside a write transaction: the order's pending edit → `status`, its PaymentIntent to be voided.
-    Returns the ids retired (at most one)."""
-    retired = list(db.session.scalars(
+LAPSED = "the grace period ended before it was paid"
+
+
+def _retire_where(status: str, why: str, *conditions) -> list[str]:
+    """Pending edits matching `conditions` → `status`, their PaymentIntents to be voided (one
+    compare-and-set on `requires_payment`: an edit applied meanwhile is left alone). Their ids."""
+    return list(db.session.scalars(
         update(OrderEdit)
-        .where(OrderEdit.order_id == order_id, OrderEdit.status == E.REQUIRES_PAYMENT)
+        .where(OrderEdit.status == E.REQUIRES_PAYMENT, *conditions)
         .values(status=status, void_pending=True, resolution=why[:1000], resolved_at=utcnow())
         .returning(OrderEdit.id)
         .execution_options(synchronize_session=False)
     ))
-    return retired
+
+
+def retire_pending(order_id: str, status: str, why: str) -> list[str]:
+    """Inside a write transaction: the order's pending edit → `status`, its PaymentIntent to be voided.
+    Returns the ids retired (at most one)."""
+    return _retire_where(status, why, OrderEdit.order_id == order_id)
 
 
 def _retire(edit_id: str, status: str, why: str) -> bool:
     with write_transaction():
-        return db.session.execute(
-            update(OrderEdit)
-            .where(OrderEdit.id == edit_id, OrderEdit.status == E.REQUIRES_PAYMENT)
-            .values(status=status, void_pending=True, resolution=why[:1000], resolved_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount == 1
+        return bool(_retire_where(status, why, OrderEdit.id == edit_id))
 
 
 def void_edit_intents(edit_ids: list[str]) -> int:
@@ -429,15 +432,8 @@ def edit_canceled_at_stripe(payment_intent_id: str) -> None:
 def resolve_pending_edits(now: datetime, stuck_after: timedelta) -> int:
     """Pending edits past their expiry lapse; edits whose void did not happen (the process died, Stripe
     did not answer) are voided now. Bounded per sweep; returns how many were resolved."""
-    with write_transaction() as session:
-        expired = list(session.scalars(
-            update(OrderEdit)
-            .where(OrderEdit.status == E.REQUIRES_PAYMENT, OrderEdit.expires_at <= db_now())
-            .values(status=E.EXPIRED, void_pending=True, resolution="the grace period ended before it was paid",
-                    resolved_at=utcnow())
-            .returning(OrderEdit.id)
-            .execution_options(synchronize_session=False)
-        ))
+    with write_transaction():
+        expired = _retire_where(E.EXPIRED, LAPSED, OrderEdit.expires_at <= db_now())
     stale = list(db.session.scalars(
         select(OrderEdit.id).where(OrderEdit.void_pending.is_(True),
                                    or_(OrderEdit.resolved_at < now - stuck_after, OrderEdit.id.in_(expired or [""])))
