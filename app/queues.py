@@ -123,28 +123,56 @@ def _enqueue_unique(q: Queue, func: str, args: tuple, job_id: str, replaceable, 
     return False
 
 
-# KEYS[1] the job's hash, KEYS[2] the queue's list; ARGV[1] the job id, ARGV[2..] the hash's fields and values.
-# The check and the write are one step in Redis: of two listeners enqueuing the same capture, one wins.
+# KEYS[1] the queue's list, KEYS[1 + k] the hash of the batch's k-th job. ARGV[1] how many template
+# values follow, then the template (field, value, ...: what every job of the batch shares), then per
+# job: its id, how many values of its own follow, and those (field, value, ...) overriding the template.
+# Each job's check and write are one step in Redis: of two listeners enqueuing the same capture, one
+# wins. Returns per job 1 (queued now) or the status of the job already holding the id ('' if none),
+# so a second listener's copy of a batch costs one EXISTS and one HGET per job, not a round trip.
 UNIQUE_ENQUEUE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return 0
+local template_size = tonumber(ARGV[1])
+local template = {}
+for i = 2, template_size + 1, 2 do template[ARGV[i]] = ARGV[i + 1] end
+local results = {}
+local i = template_size + 2
+local job = 1
+while i <= #ARGV do
+    local job_id, own = ARGV[i], tonumber(ARGV[i + 1])
+    job = job + 1
+    local key = KEYS[job]
+    if redis.call('EXISTS', key) == 1 then
+        results[#results + 1] = redis.call('HGET', key, 'status') or ''
+    else
+        local fields = {}
+        for name, value in pairs(template) do fields[name] = value end
+        for j = i + 2, i + own, 2 do fields[ARGV[j]] = ARGV[j + 1] end
+        local flat = {}
+        for name, value in pairs(fields) do flat[#flat + 1] = name; flat[#flat + 1] = value end
+        redis.call('HSET', key, unpack(flat))
+        redis.call('RPUSH', KEYS[1], job_id)
+        results[#results + 1] = 1
+    end
+    i = i + 2 + own
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('RPUSH', KEYS[2], ARGV[1])
-return 1
+return results
 """
+# A job that is queued, scheduled or running already is the capture: nothing to do.
+_LIVE_STATUSES = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.STARTED.value,
+                  JobStatus.DEFERRED.value}
+ENQUEUE_BATCH = 500  # jobs per script call: Redis runs a script alone, so keep each one short
 
 
-def _hash_fields(job: Job) -> list:
-    """The job as RQ stores it (`Job.to_dict()`), flattened for HSET."""
-    fields: list = []
-    for name, value in job.to_dict().items():
-        if value is not None:
-            fields += [name, value if isinstance(value, (bytes, str)) else str(value)]
-    return fields
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
-def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | None) -> Job:
+def _hash_fields(job: Job) -> dict[str, bytes | str]:
+    """The job as RQ stores it (`Job.to_dict()`), its values as HSET sends them."""
+    return {name: value if isinstance(value, (bytes, str)) else str(value)
+            for name, value in job.to_dict().items() if value is not None}
+
+
+def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | None, now: datetime) -> Job:
     job = captures.create_job(
         CAPTURE_JOB,
         args=(order_id, trigger),
@@ -157,37 +185,73 @@ def _capture_job(captures: Queue, order_id: str, trigger: str, trace_id: str | N
         description=f"capture order {order_id} ({trigger})",
         status=JobStatus.QUEUED,
     )
-    job.enqueued_at = datetime.now(timezone.utc)
+    job.created_at = job.enqueued_at = now  # one moment per batch: the timestamps join the shared template
     return job
+
+
+def _script_calls(queue_key: str, jobs: list[Job]) -> list[tuple[list, list]]:
+    """(KEYS, ARGV) of UNIQUE_ENQUEUE_SCRIPT for the jobs: the fields they share sent once, then each
+    job's id and the values of its own. Jobs with another set of fields (none, as `_capture_job` makes
+    them) start a call of their own, so no job is given a field RQ would not store."""
+    calls: list[tuple[list, list]] = []
+    template: dict = {}
+    for job in jobs:
+        fields = _hash_fields(job)
+        if not calls or fields.keys() != template.keys():
+            template = fields
+            flat = [item for pair in template.items() for item in pair]
+            calls.append(([queue_key], [len(flat), *flat]))
+        keys, args = calls[-1]
+        own = [item for name, value in fields.items() if template[name] != value for item in (name, value)]
+        keys.append(job.key)
+        args += [job.id, len(own), *own]
+    return calls
 
 
 def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool = False) -> int:
     """Many captures in one Redis round trip, with `enqueue_capture`'s exactly-once semantics.
 
     At 100k live grace periods expiries arrive faster than one round trip per job allows
-    (bench/capture_lag.py: p99 8.5 s → 0.3 s). Each job goes through `UNIQUE_ENQUEUE_SCRIPT`,
-    pipelined; an id still held by an earlier finished or failed job falls back to
-    `enqueue_capture`. tests/test_queues.py checks that a job written this way is the job
-    `Queue.enqueue` writes, so an RQ upgrade that changes the stored shape fails there.
+    (bench/capture_lag.py: p99 8.5 s → 0.3 s), and every listener copy receives every expiry. Each
+    batch goes through `UNIQUE_ENQUEUE_SCRIPT` (one call per 500 jobs, pipelined); only an id still
+    held by an earlier finished or failed job (or, with `replace_stale`, by one nothing will run)
+    falls back to `enqueue_capture`. tests/test_queues.py checks that a job written this way is the
+    job `Queue.enqueue` writes, so an RQ upgrade that changes the stored shape fails there.
     """
+    order_ids = list(dict.fromkeys(order_ids))  # the same expiry twice in one batch is one job
     if not order_ids:
         return 0
     captures = queue(CAPTURE_QUEUE)
-    script = captures.connection.register_script(UNIQUE_ENQUEUE_SCRIPT)
-    pipe = captures.connection.pipeline(transaction=False)
+    connection = captures.connection
+    if not replace_stale:
+        # Every listener copy receives every expiry: a copy that is behind finds the jobs the first
+        # one queued, and skips them for one HGET each instead of building them (bench/capture_lag.py).
+        pipe = connection.pipeline(transaction=False)
+        for order_id in order_ids:
+            pipe.hget(Job.key_for(capture_job_id(order_id)), "status")
+        order_ids = [order_id for order_id, status in zip(order_ids, pipe.execute())
+                     if _text(status) not in _LIVE_STATUSES]
+        if not order_ids:
+            return 0
+    script = connection.register_script(UNIQUE_ENQUEUE_SCRIPT)
+    pipe = connection.pipeline(transaction=False)
     pipe.sadd(captures.redis_queues_keys, captures.key)
-    traces = []
-    for order_id in order_ids:
-        trace_id = new_trace_id()  # one trace per expiry, carried by the job
-        traces.append(trace_id)
-        job = _capture_job(captures, order_id, trigger, trace_id)
-        script(keys=[job.key, captures.key], args=[job.id, *_hash_fields(job)], client=pipe)
+    now = datetime.now(timezone.utc)
+    traces = [new_trace_id() for _ in order_ids]  # one trace per expiry, carried by the job
+    for start in range(0, len(order_ids), ENQUEUE_BATCH):
+        jobs = [_capture_job(captures, order_id, trigger, trace_id, now)
+                for order_id, trace_id in zip(order_ids[start:start + ENQUEUE_BATCH], traces[start:start + ENQUEUE_BATCH])]
+        for keys, args in _script_calls(captures.key, jobs):
+            script(keys=keys, args=args, client=pipe)
+    outcomes = [outcome for batch in pipe.execute()[1:] for outcome in batch]
     queued = 0
-    for order_id, trace_id, created in zip(order_ids, traces, pipe.execute()[1:]):
+    for order_id, trace_id, outcome in zip(order_ids, traces, outcomes):
         with trace(trace_id):
-            if created:
+            if outcome == 1:
                 queued += 1
                 log.info("capture enqueued", extra={"order_id": order_id, "trigger": trigger})
+            elif _text(outcome) in _LIVE_STATUSES and not replace_stale:
+                continue  # another listener (or the sweep) queued it a moment ago
             elif enqueue_capture(order_id, trigger, replace_stale=replace_stale):
                 queued += 1
     return queued

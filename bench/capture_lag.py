@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import sys
 import time
@@ -88,23 +89,25 @@ class Lab:
             time.sleep(0.02)
         return proc, out
 
-    def listener(self, tag: str) -> c.Proc:
+    def listener(self, tag: str, copies: int = 1) -> list[c.Proc]:
+        """`copies` listener processes (each receives every `expired` event), once all are subscribed."""
         argv = [str(c.VENV_BIN / "flask"), "--app", "wsgi", "capture-listener"]
-        proc = c.Proc("listener", argv, env=self.env, log=self.tmp / f"listener-{tag}.log")
-        self.procs.append(proc)
+        procs = [c.Proc("listener", argv, env=self.env, log=self.tmp / f"listener-{tag}-{i}.log") for i in range(copies)]
+        self.procs.extend(procs)
+        proc = procs[0]
         deadline = time.monotonic() + 30
-        while not self.r.hlen("capture_listener:heartbeats"):
+        while self.r.hlen("capture_listener:heartbeats") < copies:
             if time.monotonic() > deadline or not proc.alive():
                 raise RuntimeError(f"listener did not start (rc {proc.popen.poll()}): " + proc.log_tail())
             time.sleep(0.05)
-        return proc
+        return procs
 
-    def engine_worker(self, tag: str) -> c.Proc:
+    def engine_worker(self, tag: str, count: int = 1) -> c.Proc:
         proc = c.Proc("worker", [str(c.VENV_BIN / "flask"), "--app", "wsgi", "worker"], env=self.env,
                       log=self.tmp / f"worker-{tag}.log")
         self.procs.append(proc)
         deadline = time.monotonic() + 30
-        while not self.r.scard("rq:workers"):
+        while self.r.scard("rq:workers") < count:
             if time.monotonic() > deadline or not proc.alive():
                 raise RuntimeError("worker did not start: " + proc.log_tail())
             time.sleep(0.05)
@@ -163,6 +166,12 @@ def create_intents(lab: Lab, order_ids: list[str], deadlines: list[float]) -> fl
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(predicate, until: float, poll: float = 0.25) -> bool:
     while time.time() < until:
         if predicate():
@@ -191,12 +200,12 @@ def lag_stats(pairs: list[tuple[float, float | None]]) -> dict:
 # ------------------------------------------------------------------------------- the three ways
 
 
-def run_engine(lab: Lab, n: int, lead: float, width: float, tail: float) -> dict:
+def run_engine(lab: Lab, n: int, lead: float, width: float, tail: float, listeners: int = 1) -> dict:
     lab.clean()
     order_ids = lab.insert_orders(n, salt="e")
-    tag = f"engine-{n}"
+    tag = f"engine-{n}-x{listeners}"
     sub, events_file = lab.subscriber(tag)
-    listener = lab.listener(tag)
+    copies = lab.listener(tag, listeners)
     base = time.time() + lead
     deadlines = spread(n, base, width, seed=n)
     lab.set_deadlines(order_ids, deadlines)
@@ -205,8 +214,11 @@ def run_engine(lab: Lab, n: int, lead: float, width: float, tail: float) -> dict
     end = max(deadlines)
     wait_until(lambda: lab.r.llen("rq:queue:captures") >= n, end + tail)
     time.sleep(0.3)
-    listener.stop()
+    cpu_s = [cpu_seconds(listener.popen.pid) for listener in copies]  # whole life: start-up, catch-up, burst
+    for listener in copies:
+        listener.stop()
     sub.stop()
+    queued = lab.r.lrange("rq:queue:captures", 0, -1)
     events = json.loads(events_file.read_text())
     pipe = lab.r.pipeline(transaction=False)
     for oid in order_ids:
@@ -214,8 +226,13 @@ def run_engine(lab: Lab, n: int, lead: float, width: float, tail: float) -> dict
     enqueued = [parse_rq_time(v) for v in pipe.execute()]
     first = min(deadlines)
     return {
-        "way": "engine (touch due index + listener)",
+        "way": "engine (touch due index + listener)" + (f" × {listeners} copies" if listeners > 1 else ""),
         "n": n,
+        "listeners": listeners,
+        "jobs_queued": len(queued),
+        "jobs_queued_twice": len(queued) - len(set(queued)),
+        "listener_cpu_s": cpu_s,
+        "jobs_queued_early": sum(1 for d, e in zip(deadlines, enqueued) if e is not None and e < d),
         "created_in_s": created_in,
         "creation_margin_s": first - created_by,
         "event": lag_stats([(d, events.get(f"capture_intent:{oid}")) for oid, d in zip(order_ids, deadlines)]),
@@ -297,16 +314,82 @@ def run_rq(lab: Lab, n: int, lead: float, width: float, tail: float) -> dict:
     }
 
 
-def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: float) -> dict:
+def run_live(lab: Lab, live: int, spread_s: float, measure: float, tail: float, touching: bool) -> dict:
+    """P1: `live` grace periods whose deadlines a steady store spreads over the grace period
+    (`live / spread_s` fall due each second), measured over the first `measure` seconds of deadlines
+    while the rest stay live around them. `touching`: the engine (listener); otherwise Redis's own
+    expiry alone, with only the subscriber (the anchor)."""
+    lab.clean()
+    order_ids = [c.fake_id("order", i, "L") for i in range(live)]  # the listener reads no rows
+    tag = f"live-{live}-{'engine' if touching else 'expired'}"
+    sub, events_file = lab.subscriber(tag)
+    copies = lab.listener(tag) if touching else []
+    lead = max(10.0, live * 0.00004 + 5)  # long enough to create every intent before the first deadline
+    base = time.time() + lead
+    deadlines = spread(live, base, spread_s, seed=live)
+    created_in = create_intents(lab, order_ids, deadlines)
+    created_by = time.time()
+    measured = [(oid, d) for oid, d in zip(order_ids, deadlines) if d <= base + measure]
+    live_at_start = lab.r.dbsize()
+    wait_until(lambda: False, base + measure + tail, poll=1.0)
+    live_at_end = lab.r.dbsize()
+    for listener in copies:
+        listener.stop()
+    sub.stop()
+    events = json.loads(events_file.read_text())
+    result = {
+        "way": ("engine, steady store" if touching else "expired events alone, steady store"),
+        "n": live,
+        "live": live,
+        "due_per_s": live / spread_s,
+        "measured": len(measured),
+        "measure_s": measure,
+        "cutoff_s": tail,
+        "redis_keys_at_first_deadline": live_at_start,
+        "redis_keys_at_end": live_at_end,
+        "created_in_s": created_in,
+        "creation_margin_s": base - created_by,
+        "event": lag_stats([(d, events.get(f"capture_intent:{oid}")) for oid, d in measured]),
+        "series": series([d for _, d in measured], [events.get(f"capture_intent:{oid}") for oid, _ in measured]),
+    }
+    if touching:
+        pipe = lab.r.pipeline(transaction=False)
+        for oid, _ in measured:
+            pipe.hget(f"rq:job:capture-{oid}", "enqueued_at")
+        enqueued = [parse_rq_time(v) for v in pipe.execute()]
+        # Every job in the queue, measured or not: none may have been queued before its deadline.
+        deadline_of = dict(zip(order_ids, deadlines))
+        queued = [job_id.decode()[len("capture-"):] for job_id in lab.r.lrange("rq:queue:captures", 0, -1)]
+        pipe = lab.r.pipeline(transaction=False)
+        for oid in queued:
+            pipe.hget(f"rq:job:capture-{oid}", "enqueued_at")
+        result["jobs_queued"] = len(queued)
+        result["jobs_queued_early"] = sum(1 for oid, at in zip(queued, pipe.execute())
+                                          if parse_rq_time(at) < deadline_of[oid])
+        result["enqueued"] = lag_stats([(d, e) for (_, d), e in zip(measured, enqueued)])
+        result["series"] = series([d for _, d in measured], enqueued)
+    return result
+
+
+def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: float,
+               workers: int = 1, limit: float | None = None) -> dict:
+    """(b) real orders end to end; P2 is `m=1000, width=1, workers=2, limit=100`: 1,000 orders due
+    within one second, two workers, the simulator answering 429 beyond 100 requests/s."""
     from sqlalchemy import text
 
     from app.extensions import db
+    from stripe_sim.control import SimControl
 
     lab.clean()
+    control = SimControl(sim_url)
+    control.reset()
     intents = c.authorized_intents(sim_url, m)
     order_ids = lab.insert_orders(m, salt="s", intents=intents)
-    listener = lab.listener(f"sample-{m}")
-    worker = lab.engine_worker(f"sample-{m}")
+    listener, = lab.listener(f"sample-{m}")
+    engine_workers = [lab.engine_worker(f"sample-{m}-{i}", count=i + 1) for i in range(workers)]
+    if limit:
+        control.set_rate_limit(limit)
+    requests_before = control.ledger()["requests"]
     base = time.time() + lead
     deadlines = spread(m, base, width, seed=m + 7)
     lab.set_deadlines(order_ids, deadlines)
@@ -320,8 +403,12 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
         return count
 
     wait_until(lambda: captured() >= m, end + tail, poll=0.5)
-    worker.stop()
+    for worker in engine_workers:
+        worker.stop()
     listener.stop()
+    ledger = control.ledger()
+    if limit:
+        control.set_rate_limit(None)
     with lab.app.app_context():
         rows = db.session.execute(text("SELECT order_id, status, captured_at FROM payments")).all()
         attempts = db.session.execute(text("SELECT outcome, count(*) FROM capture_attempts GROUP BY outcome")).all()
@@ -332,10 +419,18 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
         row = by_order[oid]
         pairs.append((d, row.captured_at.timestamp() if row.captured_at else None))
     return {
-        "way": "engine end to end (listener + 1 worker + simulator)",
+        "way": (f"engine end to end (listener + {workers} worker{'s' if workers > 1 else ''} + simulator"
+                + (f" at {limit:.0f} req/s)" if limit else ")")),
         "n": m,
+        "window_s": width,
+        "workers": workers,
+        "limit_rps": limit,
         "committed": lag_stats(pairs),
         "attempts": {k: v for k, v in attempts},
+        "stripe_requests": ledger["requests"] - requests_before,
+        "rate_limited_429": ledger["faults"].get("rate_limited", 0),
+        "failed": sum(1 for r in rows if r.status != "captured"),
+        "floor_s": (m / limit) if limit else None,
     }
 
 
@@ -347,7 +442,17 @@ def main() -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated N (default 10000,100000; quick 1000)")
     parser.add_argument("--window", type=float, default=None, help="seconds the deadlines spread over (default 30)")
     parser.add_argument("--sample", type=int, default=None, help="real orders for (b) (default 200; quick 10)")
+    parser.add_argument("--sample-window", type=float, default=None, help="(b)'s deadlines spread (default 20 s)")
+    parser.add_argument("--sample-workers", type=int, default=1, help="(b)'s worker processes (P2: 2)")
+    parser.add_argument("--sample-limit", type=float, default=None, help="(b)'s simulator limit, requests/s (P2: 100)")
     parser.add_argument("--skip", default="", help="comma-separated ways to skip: engine,expired,rq,sample")
+    parser.add_argument("--listeners", default="1",
+                        help="comma-separated listener copies for the engine way (P1b: 1,2,3); each is a run")
+    parser.add_argument("--live", type=int, default=0,
+                        help="P1 instead: this many live grace periods spread over --spread s (a steady store), "
+                             "the first --measure s of deadlines measured, engine then expired events alone")
+    parser.add_argument("--spread", type=float, default=3600.0, help="with --live: the grace period (default 3600)")
+    parser.add_argument("--measure", type=float, default=60.0, help="with --live: seconds of deadlines measured")
     args = parser.parse_args()
     sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "10000,100000")).split(",")]
     width = args.window or (2.0 if args.quick else 30.0)
@@ -365,12 +470,25 @@ def main() -> int:
             if "sample" not in skip and sample:
                 sim_url = c.simulator(procs, tmp).__enter__()
             lab.start(redis_url, sim_url)
+            if args.live:
+                sizes = []
+                for touching, way in ((True, "engine"), (False, "expired")):
+                    if way in skip:
+                        continue
+                    print(f"-- {args.live:,} live, {args.live / args.spread:.0f} due/s, {way}: "
+                          f"{args.measure:.0f}s of deadlines measured ...", flush=True)
+                    result = run_live(lab, args.live, args.spread, args.measure, 30.0 if touching else 120.0, touching)
+                    results.append(result)
+                    if result["creation_margin_s"] < 0:
+                        print(f"   note: creation ended {-result['creation_margin_s']:.1f}s after the first deadline")
             for n in sizes:
                 # Long enough to create every intent before the first deadline.
                 lead = 1.0 if args.quick else max(5.0, n * 0.0002 + 2)
-                ways = [("engine", run_engine), ("expired", run_expired_only), ("rq", run_rq)]
+                copies = [int(x) for x in args.listeners.split(",")]
+                ways = [(f"engine ×{k}", lambda *a, k=k: run_engine(*a, listeners=k)) for k in copies]
+                ways += [("expired", run_expired_only), ("rq", run_rq)]
                 for way, fn in ways:
-                    if way in skip:
+                    if way.split()[0] in skip:
                         continue
                     print(f"-- N={n:,} {way}: lead {lead:.0f}s, window {width:.0f}s ...", flush=True)
                     result = fn(lab, n, lead, width, tail)
@@ -380,7 +498,8 @@ def main() -> int:
             if sim_url:
                 print(f"-- sample of {sample} real orders end to end ...", flush=True)
                 results.append(run_sample(lab, sim_url, sample, 1.5 if args.quick else 5.0,
-                                          2.0 if args.quick else 20.0, tail + 10))
+                                          args.sample_window or (2.0 if args.quick else 20.0), tail + 10,
+                                          workers=args.sample_workers, limit=args.sample_limit))
 
     rows = []
     for res in results:
@@ -404,6 +523,33 @@ def main() -> int:
                                eng["enqueued"]["p99"] / rq["enqueued"]["p99"] if rq["enqueued"]["p99"] else float("nan")])
     if ratio_rows:
         print(c.table(["N", "ratio", "value"], ratio_rows))
+    for r in results:
+        if "jobs_queued_twice" in r or "jobs_queued_early" in r:
+            cpu = ", listener CPU " + " + ".join(f"{x:.1f}" for x in r["listener_cpu_s"]) + " s" if r.get("listener_cpu_s") else ""
+            print(f"{r['way']}, N={r['n']:,}: {r.get('jobs_queued', 0):,} jobs queued, "
+                  f"{r.get('jobs_queued_twice', 0)} twice, {r.get('jobs_queued_early', 0)} before their deadline{cpu}")
+    live = [r for r in results if r.get("live")]
+    engine_live = next((r for r in live if r["way"].startswith("engine")), None)
+    alone_live = next((r for r in live if r["way"].startswith("expired")), None)
+    if engine_live and alone_live and alone_live["event"]["p50"]:
+        print(f"{engine_live['live']:,} live: engine enqueued p50 / expired-alone event p50 = "
+              f"{engine_live['enqueued']['p50'] / alone_live['event']['p50']:.4f} "
+              f"(expired alone: {alone_live['event']['missing']:,} of {alone_live['measured']:,} not fired "
+              f"within {alone_live['cutoff_s']:.0f} s of the window's end)")
+    if engine_live:
+        e = engine_live["enqueued"]
+        verdict = "meets" if e["p99"] < 1.0 and not e["missing"] and not e["early"] else "MISSES"
+        print(f"goal P1 p99 < 1 s, none missing, none early, {engine_live['live']:,} live: enqueued p99 "
+              f"{e['p99']:.3f} s, missing {e['missing']}, early {e['early']} → {verdict}")
+    for r in results:
+        if r.get("floor_s"):
+            e = r["committed"]
+            verdict = ("meets" if e["p99"] < 15.0 and not e["missing"] and not r["failed"] and not r["rate_limited_429"]
+                       else "MISSES")
+            print(f"P2 {r['n']:,} due within {r['window_s']:g} s, {r['workers']} workers, {r['limit_rps']:.0f} req/s: "
+                  f"captured p50 {e['p50']:.2f} s, p99 {e['p99']:.2f} s (floor {r['floor_s']:.1f} s, "
+                  f"p99 / floor {e['p99'] / r['floor_s']:.2f}), {r['failed']} failed, {r['rate_limited_429']} × 429, "
+                  f"{r['stripe_requests']:,} Stripe requests → goal p99 < 15 s: {verdict}")
     goal = [r for r in results if r["way"].startswith("engine (") and r["n"] >= 100_000]
     for r in goal:
         verdict = "meets" if r["enqueued"]["p99"] < 1.0 and not r["enqueued"]["missing"] else "MISSES"

@@ -57,3 +57,20 @@ def test_script_enqueues_once_and_the_worker_runs_the_job(app, client, sim_contr
         assert job.args == (order["id"], "expiry") and job.timeout == 120
     drain_queues(app)
     assert client.get(f"/store/orders/{order['id']}").get_json()["order"]["payment_status"] == "captured"
+
+
+def test_a_copy_of_an_expiry_leaves_a_queued_or_running_capture_alone(app):
+    """Every listener copy receives every expiry: the ones behind must neither queue nor replace the job."""
+    from rq.job import Job
+
+    from app.queues import CAPTURE_QUEUE, capture_job_id, enqueue_captures, queue
+
+    with app.app_context():
+        captures = queue(CAPTURE_QUEUE)
+        assert enqueue_captures(["order_running", "order_waiting"], "expiry") == 2
+        running = Job.fetch(capture_job_id("order_running"), connection=captures.connection)
+        running.set_status("started")
+        captures.remove(running)  # a worker popped it
+        assert enqueue_captures(["order_running", "order_waiting", "order_new"], "expiry") == 1
+        assert sorted(captures.get_job_ids()) == [capture_job_id("order_new"), capture_job_id("order_waiting")]
+        assert running.get_status(refresh=True) == "started"
