@@ -64,6 +64,7 @@ class Settings:
     trusted_proxy_hops: int
     stripe_max_requests_per_second: int
     stuck_operation_seconds: int = 300
+    worker_concurrency: int = 1  # RQ workers one `worker` process runs (an RQ WorkerPool when above 1)
     # Customer notices (app/notices): without a Resend key or an SMTP URL nothing leaves the machine.
     resend_api_key: str | None = field(default=None, repr=False)
     resend_api_base: str | None = None  # Resend's API base URL (a local stand-in in the tests)
@@ -94,6 +95,8 @@ class Settings:
             stripe_max_requests_per_second=_int("STRIPE_MAX_REQUESTS_PER_SECOND", 0),
             stuck_operation_seconds=_int_between("STUCK_OPERATION_SECONDS", 300, 1, 86_400,
                                                  "how long a cancel, refund or event may stay in flight"),
+            worker_concurrency=_int_between("WORKER_CONCURRENCY", 1, 1, 32,
+                                            "RQ workers per worker process, each a forked process"),
             resend_api_key=os.environ.get("RESEND_API_KEY") or None,
             resend_api_base=os.environ.get("RESEND_API_BASE") or None,
             smtp_url=smtp_url,

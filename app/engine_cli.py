@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import click
 from flask import Flask, current_app
 
+from app.extensions import db
 from app.models.base import isoformat
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def engine_scheduler(connection, sweep_interval: int, reconcile_interval: int, p
     return EngineScheduler(queue_name="default", connection=connection, interval=poll_interval)
 
 
-def engine_worker(queues, connection):
+def engine_worker_class():
     """RQ's SimpleWorker (no fork per job, so captures drain fast; SIGTERM still finishes the current
     job) that registers itself again when Redis has lost its data (a restart without persistence):
     RQ's own worker only refreshes the TTL of a key that is gone, and drops off `rq:workers`, the
@@ -86,13 +87,23 @@ def engine_worker(queues, connection):
     from rq import SimpleWorker
 
     class EngineWorker(SimpleWorker):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # A worker of a pool is a forked process: the database connections it inherited belong
+            # to the parent, so it opens its own (SQLAlchemy's documented way after a fork).
+            db.engine.dispose(close=False)
+
         def heartbeat(self, timeout=None, pipeline=None):
             if pipeline is None and not self.connection.exists(self.key):
                 self.log.warning("Worker %s: registration lost (Redis restarted?); registering again", self.name)
                 self.register_birth()
             super().heartbeat(timeout, pipeline)
 
-    return EngineWorker(queues, connection=connection)
+    return EngineWorker
+
+
+def engine_worker(queues, connection):
+    return engine_worker_class()(queues, connection=connection)
 
 
 def _iso_time(ctx, param, value: str | None) -> datetime | None:
@@ -161,8 +172,19 @@ def init_app(app: Flask) -> None:
         from app.queues import QUEUE_NAMES, queue
 
         connection = current_app.extensions["redis"]
-        worker = engine_worker([queue(name) for name in QUEUE_NAMES], connection)
-        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        concurrency = current_app.config["ENGINE"].worker_concurrency
+        if concurrency == 1:
+            worker = engine_worker([queue(name) for name in QUEUE_NAMES], connection)
+            worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+            return
+        # Capture jobs mostly wait (PostgreSQL, Redis, Stripe: ~0.3-1 s per real capture), so one
+        # process running one job at a time cannot use a Stripe budget of 100 requests/s. RQ's
+        # WorkerPool forks `concurrency` workers (this app context included) and restarts any that dies.
+        from rq.worker_pool import WorkerPool
+
+        pool = WorkerPool(list(QUEUE_NAMES), connection=connection, num_workers=concurrency,
+                          worker_class=engine_worker_class())
+        pool.start(burst=burst, logging_level="INFO")
 
     @app.cli.command("scheduler")
     @click.option("--burst", is_flag=True, help="Enqueue what is due once, then stop.")

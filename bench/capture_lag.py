@@ -102,8 +102,9 @@ class Lab:
             time.sleep(0.05)
         return procs
 
-    def engine_worker(self, tag: str, count: int = 1) -> c.Proc:
-        proc = c.Proc("worker", [str(c.VENV_BIN / "flask"), "--app", "wsgi", "worker"], env=self.env,
+    def engine_worker(self, tag: str, count: int = 1, env: dict | None = None) -> c.Proc:
+        """A `flask worker` process; returns once `count` RQ workers are registered in all."""
+        proc = c.Proc("worker", [str(c.VENV_BIN / "flask"), "--app", "wsgi", "worker"], env=env or self.env,
                       log=self.tmp / f"worker-{tag}.log")
         self.procs.append(proc)
         deadline = time.monotonic() + 30
@@ -372,7 +373,7 @@ def run_live(lab: Lab, live: int, spread_s: float, measure: float, tail: float, 
 
 
 def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: float,
-               workers: int = 1, limit: float | None = None) -> dict:
+               workers: int = 1, limit: float | None = None, concurrency: int = 1, budget: int = 0) -> dict:
     """(b) real orders end to end; P2 is `m=1000, width=1, workers=2, limit=100`: 1,000 orders due
     within one second, two workers, the simulator answering 429 beyond 100 requests/s."""
     from sqlalchemy import text
@@ -386,7 +387,10 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
     intents = c.authorized_intents(sim_url, m)
     order_ids = lab.insert_orders(m, salt="s", intents=intents)
     listener, = lab.listener(f"sample-{m}")
-    engine_workers = [lab.engine_worker(f"sample-{m}-{i}", count=i + 1) for i in range(workers)]
+    env = dict(lab.env, WORKER_CONCURRENCY=str(concurrency))
+    if budget:
+        env["STRIPE_MAX_REQUESTS_PER_SECOND"] = str(budget)
+    engine_workers = [lab.engine_worker(f"sample-{m}-{i}", count=(i + 1) * concurrency, env=env) for i in range(workers)]
     if limit:
         control.set_rate_limit(limit)
     requests_before = control.ledger()["requests"]
@@ -419,11 +423,15 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
         row = by_order[oid]
         pairs.append((d, row.captured_at.timestamp() if row.captured_at else None))
     return {
-        "way": (f"engine end to end (listener + {workers} worker{'s' if workers > 1 else ''} + simulator"
+        "way": (f"engine end to end (listener + {workers} worker{'s' if workers > 1 else ''}"
+                + (f" × {concurrency}" if concurrency > 1 else "") + (f", budget {budget}/s" if budget else "")
+                + " + simulator"
                 + (f" at {limit:.0f} req/s)" if limit else ")")),
         "n": m,
         "window_s": width,
         "workers": workers,
+        "worker_concurrency": concurrency,
+        "budget_rps": budget,
         "limit_rps": limit,
         "committed": lag_stats(pairs),
         "attempts": {k: v for k, v in attempts},
@@ -445,6 +453,9 @@ def main() -> int:
     parser.add_argument("--sample-window", type=float, default=None, help="(b)'s deadlines spread (default 20 s)")
     parser.add_argument("--sample-workers", type=int, default=1, help="(b)'s worker processes (P2: 2)")
     parser.add_argument("--sample-limit", type=float, default=None, help="(b)'s simulator limit, requests/s (P2: 100)")
+    parser.add_argument("--sample-concurrency", default="1",
+                        help="comma-separated WORKER_CONCURRENCY values for (b), each a run (e.g. 1,4)")
+    parser.add_argument("--sample-budget", type=int, default=0, help="(b)'s STRIPE_MAX_REQUESTS_PER_SECOND")
     parser.add_argument("--skip", default="", help="comma-separated ways to skip: engine,expired,rq,sample")
     parser.add_argument("--listeners", default="1",
                         help="comma-separated listener copies for the engine way (P1b: 1,2,3); each is a run")
@@ -496,10 +507,13 @@ def main() -> int:
                     if result["creation_margin_s"] < 0:
                         print(f"   note: creation ended {-result['creation_margin_s']:.1f}s after the first deadline")
             if sim_url:
-                print(f"-- sample of {sample} real orders end to end ...", flush=True)
-                results.append(run_sample(lab, sim_url, sample, 1.5 if args.quick else 5.0,
-                                          args.sample_window or (2.0 if args.quick else 20.0), tail + 10,
-                                          workers=args.sample_workers, limit=args.sample_limit))
+                for concurrency in (int(x) for x in args.sample_concurrency.split(",")):
+                    print(f"-- sample of {sample} real orders end to end, {args.sample_workers} worker(s) × "
+                          f"{concurrency} ...", flush=True)
+                    results.append(run_sample(lab, sim_url, sample, 1.5 if args.quick else 5.0,
+                                              args.sample_window or (2.0 if args.quick else 20.0), tail + 10,
+                                              workers=args.sample_workers, limit=args.sample_limit,
+                                              concurrency=concurrency, budget=args.sample_budget))
 
     rows = []
     for res in results:
@@ -546,7 +560,8 @@ def main() -> int:
             e = r["committed"]
             verdict = ("meets" if e["p99"] < 15.0 and not e["missing"] and not r["failed"] and not r["rate_limited_429"]
                        else "MISSES")
-            print(f"P2 {r['n']:,} due within {r['window_s']:g} s, {r['workers']} workers, {r['limit_rps']:.0f} req/s: "
+            print(f"P2 {r['n']:,} due within {r['window_s']:g} s, {r['workers']} workers × {r['worker_concurrency']}, "
+                  f"{r['limit_rps']:.0f} req/s: "
                   f"captured p50 {e['p50']:.2f} s, p99 {e['p99']:.2f} s (floor {r['floor_s']:.1f} s, "
                   f"p99 / floor {e['p99'] / r['floor_s']:.2f}), {r['failed']} failed, {r['rate_limited_429']} × 429, "
                   f"{r['stripe_requests']:,} Stripe requests → goal p99 < 15 s: {verdict}")
