@@ -80,9 +80,17 @@ def _replace_closed_connection(dbapi_connection: Any, connection_record: Any, co
         return
     if dbapi_connection.closed:
         raise DisconnectionError("the connection is closed")
-    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
-    if readable:
+    if _readable_now(dbapi_connection.fileno()):
         raise DisconnectionError("the server closed the connection (or spoke unasked)")
+
+
+def _readable_now(fd: int) -> bool:
+    """Whether the socket has something to read (or hung up), without waiting."""
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 class RedisExtension:

@@ -57,8 +57,8 @@ def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -
     the same PaymentIntent, recorded it first: its status is brought up to date).
     """
     with write_transaction():
-        lock_open_cart(cart_id, payment_intent_id=intent.id)
-        collection_id = record_collection(cart_id, intent.currency, items_total(cart_id))
+        cart = lock_open_cart(cart_id, payment_intent_id=intent.id)
+        collection_id = record_collection(cart_id, cart.currency, items_total(cart_id))
         record_session(collection_id, intent, idempotency_key, session_status_for(intent))
 
 
