@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import update
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
-from app.db_tx import write_transaction
+from app.db_tx import single_statement, write_transaction
 from app.extensions import db
+from app.ids import new_id
 from app.models import Cart, LineItem, Product
 from app.models.base import utcnow
 from app.money import MAX_AMOUNT
@@ -40,26 +42,51 @@ def get_cart(cart_id: str) -> Cart:
 
 
 def create_cart(email: str, currency: str) -> Cart:
-    with write_transaction(expire_on_commit=False) as session:
-        cart = Cart(email=email, currency=currency, items=[])
-        session.add(cart)
+    """A new cart: one INSERT, atomic on its own (`single_statement`); the object is the row as written."""
+    now = utcnow()
+    cart = Cart(id=new_id("cart"), email=email, currency=currency, payment_intent_id=None, completed_at=None,
+                failed_payment_intent_creates=0, created_at=now, updated_at=now, items=[])
+    columns = ("id", "email", "currency", "payment_intent_id", "completed_at", "failed_payment_intent_creates",
+               "created_at", "updated_at")
+    with single_statement() as connection:
+        connection.execute(insert(Cart), [{name: getattr(cart, name) for name in columns}])
     log.info("cart created", extra={"cart_id": cart.id})
     return cart
 
 
-def lock_open_cart(cart_id: str) -> Cart:
-    """Inside a write transaction: lock the cart row while it is open, or refuse (`cart_completed`)."""
-    locked = db.session.execute(
+def lock_open_cart(cart_id: str, **values) -> Cart:
+    """Inside a write transaction: lock the cart row while it is open, or refuse (`cart_completed`).
+
+    One statement locks the row, checks that the cart is open, writes `values` (besides
+    `updated_at`) and reads the cart back (`UPDATE ... RETURNING`). Everything the session held is
+    expired first, so the cart's items load fresh, under the lock, when they are first read.
+    """
+    db.session.expire_all()
+    cart = db.session.scalars(
         update(Cart)
         .where(Cart.id == cart_id, Cart.completed_at.is_(None))
-        .values(updated_at=utcnow())
+        .values(updated_at=utcnow(), **values)
+        .returning(Cart)
         .execution_options(synchronize_session=False)
-    ).rowcount == 1
-    if not locked:
+    ).one_or_none()
+    if cart is None:
         get_cart(cart_id)  # 404 for an unknown cart
         raise CartCompleted("The cart was already turned into an order.")
-    db.session.expire_all()
-    return get_cart(cart_id)
+    return cart
+
+
+def _product_and_items(cart: Cart, product_id: str) -> Product | None:
+    """The product, with the (locked) cart's items loaded alongside it: one SELECT where two were."""
+    rows = db.session.execute(
+        select(Product, LineItem)
+        .outerjoin(LineItem, LineItem.cart_id == cart.id)  # every item of the cart, on each product row
+        .where(Product.id == product_id)
+        .order_by(LineItem.created_at)  # the relationship's order
+    ).all()
+    if not rows:
+        return None
+    set_committed_value(cart, "items", [item for _, item in rows if item is not None])
+    return rows[0][0]
 
 
 def _check_total(cart: Cart) -> None:
@@ -69,9 +96,9 @@ def _check_total(cart: Cart) -> None:
 
 def add_line_item(cart_id: str, product_id: str, quantity: int) -> Cart:
     """Add a product, or add to the quantity of its existing line."""
-    with write_transaction(expire_on_commit=False) as session:
+    with write_transaction(expire_on_commit=False):
         cart = lock_open_cart(cart_id)
-        product = session.get(Product, product_id)
+        product = _product_and_items(cart, product_id)
         if product is None:
             raise ProductNotFound(f"No product with id {product_id!r}.")
         if product.currency != cart.currency:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import redis
@@ -11,7 +12,9 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import Pool
 
 # Stable constraint names so migrations are identical on PostgreSQL and SQLite.
 NAMING_CONVENTION = {
@@ -59,6 +62,35 @@ def _sqlite_begin(conn: Any) -> None:
         return
     immediate = options.get("sqlite_begin_immediate", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@event.listens_for(Pool, "checkout")
+def _replace_closed_connection(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+    """What `pool_pre_ping` did, without its round trip: a connection the server closed is not handed out.
+
+    An idle psycopg connection has read every answer up to its last ReadyForQuery, so its socket
+    turns readable only when the server says something unasked: in practice the FATAL of a
+    shutdown, a terminated backend or an idle timeout, and then the end of the stream. Polling the
+    socket (no wait, no message sent) sees that. `DisconnectionError` makes the pool discard the
+    connection and check out another (SQLAlchemy's documented use of the `checkout` event). A
+    connection dropped without a word (a network failure) is left to `pool_recycle` and to
+    SQLAlchemy's invalidation of the pool on the first disconnect error.
+    """
+    if not type(dbapi_connection).__module__.startswith("psycopg"):
+        return
+    if dbapi_connection.closed:
+        raise DisconnectionError("the connection is closed")
+    if _readable_now(dbapi_connection.fileno()):
+        raise DisconnectionError("the server closed the connection (or spoke unasked)")
+
+
+def _readable_now(fd: int) -> bool:
+    """Whether the socket has something to read (or hung up), without waiting."""
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 class RedisExtension:

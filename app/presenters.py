@@ -141,9 +141,10 @@ def pending_edit_json(edit: OrderEdit) -> dict:
 
 
 def order_json(order: Order, payment: OrderPayments | None = None, now: datetime | None = None,
-               pending_edit: OrderEdit | None = None) -> dict:
+               pending_edit: OrderEdit | None = None, *, pending_edit_known: bool = False) -> dict:
+    """`payment` and `pending_edit` are read when not given; `pending_edit_known`: None means none."""
     payments = payment if payment is not None else OrderPayments.of(order)
-    if pending_edit is None and order.status == OrderStatus.PENDING:
+    if pending_edit is None and not pending_edit_known and order.status == OrderStatus.PENDING:
         pending_edit = pending_edit_for(order.id)
     remaining = remaining_seconds(order.grace_period_ends_at, now)
     if order.status == OrderStatus.CANCELED or (payments is not None and payments.status in _GRACE_OVER):

@@ -7,13 +7,13 @@ import logging
 import secrets
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from app.carts import lock_open_cart
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.models import Cart, PaymentCollection, PaymentSession, PaymentSessionStatus
 from app.payments.errors import CartCompleted, CartEmpty, PaymentIntentUnavailable
+from app.payments.payment_records import items_total, record_collection, record_session
 from app.payments.provider_errors import ProviderOutcomeUnknown, ProviderRefused
 from app.payments.queries import require_cart, session_for_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
@@ -48,42 +48,18 @@ def session_status_for(intent: PaymentIntent) -> str:
     return PaymentSessionStatus.PENDING
 
 
-def collection_for_cart(cart: Cart) -> PaymentCollection:
-    """The cart's PaymentCollection (created on first use), its amount set to the cart's total."""
-    collection = db.session.scalar(select(PaymentCollection).where(PaymentCollection.cart_id == cart.id))
-    if collection is None:
-        collection = PaymentCollection(cart_id=cart.id, currency=cart.currency, amount=cart.total)
-        db.session.add(collection)
-    collection.amount = cart.total
-    return collection
-
-
 def _record_session(cart_id: str, intent: PaymentIntent, idempotency_key: str) -> None:
-    """Remember the PaymentIntent (once, by its unique id) and make it the cart's current one."""
-    try:
-        with write_transaction() as session:
-            cart = lock_open_cart(cart_id)  # a cart frozen meanwhile answers cart_completed
-            collection = collection_for_cart(cart)
-            existing = session_for_intent(intent.id)
-            if existing is None:
-                session.add(
-                    PaymentSession(
-                        payment_collection=collection,
-                        stripe_payment_intent_id=intent.id,
-                        idempotency_key=idempotency_key,
-                        amount=intent.amount,
-                        currency=intent.currency,
-                        status=session_status_for(intent),
-                    )
-                )
-            else:
-                existing.status = session_status_for(intent)
-            cart.payment_intent_id = intent.id
-    except IntegrityError:
-        # A concurrent request for the same cart recorded it first: same key, same PaymentIntent.
-        db.session.rollback()
-        with write_transaction():
-            lock_open_cart(cart_id).payment_intent_id = intent.id
+    """Remember the PaymentIntent (once, by its unique id) and make it the cart's current one.
+
+    Three statements: the cart locked while open and its PaymentIntent set (a cart frozen meanwhile
+    answers cart_completed), its collection's amount set to the items' total as they are under that
+    lock, the session upserted (a concurrent request for the same cart, with the same key and so
+    the same PaymentIntent, recorded it first: its status is brought up to date).
+    """
+    with write_transaction():
+        cart = lock_open_cart(cart_id, payment_intent_id=intent.id)
+        collection_id = record_collection(cart_id, cart.currency, items_total(cart_id))
+        record_session(collection_id, intent, idempotency_key, session_status_for(intent))
 
 
 def _mark_canceled(payment_intent_id: str) -> None:
@@ -116,7 +92,7 @@ def _cancel_stale(intent_id: str) -> None:
 
 def ensure_payment_intent(cart_id: str) -> PaymentIntent:
     """The cart's PaymentIntent for its current total: the same one on every call until the total changes."""
-    cart = require_cart(cart_id)
+    cart = require_cart(cart_id, with_items=True)
     if cart.completed_at is not None:
         raise CartCompleted("The cart was already turned into an order.")
     amount, currency = cart.total, cart.currency
@@ -135,7 +111,7 @@ def ensure_payment_intent(cart_id: str) -> PaymentIntent:
             _cancel_stale(cart.payment_intent_id)
 
     for _ in range(3):
-        intent = _create_for_generation(cart_id, amount, currency)
+        intent = _create_for_generation(cart, amount, currency)
         if intent.status != "canceled":
             log.info("payment intent ready", extra={"cart_id": cart_id, "payment_intent_id": intent.id, "amount": amount})
             return intent
@@ -153,21 +129,32 @@ def _count_failed_create(cart_id: str) -> None:
         )
 
 
-def _create_for_generation(cart_id: str, amount: int, currency: str) -> PaymentIntent:
+def _generation(cart: Cart, amount: int, currency: str) -> int:
+    """How many keys of this cart, amount and currency are spent: PaymentIntents canceled, creations failed.
+
+    Deterministic: a retried request computes the same generation and so the same key.
+    """
+    canceled_before = 0
+    # A PaymentIntent is recorded together with the cart's `payment_intent_id`, never unset
+    # afterwards: a cart without one has no session to count, canceled or not.
+    if cart.payment_intent_id is not None:
+        canceled_before = db.session.scalar(
+            select(func.count(PaymentSession.id))
+            .join(PaymentCollection)
+            .where(
+                PaymentCollection.cart_id == cart.id,
+                PaymentSession.amount == amount,
+                PaymentSession.currency == currency,
+                PaymentSession.status == PaymentSessionStatus.CANCELED,
+            )
+        ) or 0
+    return canceled_before + (cart.failed_payment_intent_creates or 0)
+
+
+def _create_for_generation(cart: Cart, amount: int, currency: str) -> PaymentIntent:
     """Create (or, on a retry, get back) the PaymentIntent of this cart, amount and generation."""
-    # Deterministic: a retried request computes the same generation and so the same key.
-    canceled_before = db.session.scalar(
-        select(func.count(PaymentSession.id))
-        .join(PaymentCollection)
-        .where(
-            PaymentCollection.cart_id == cart_id,
-            PaymentSession.amount == amount,
-            PaymentSession.currency == currency,
-            PaymentSession.status == PaymentSessionStatus.CANCELED,
-        )
-    )
-    failed_before = db.session.scalar(select(Cart.failed_payment_intent_creates).where(Cart.id == cart_id)) or 0
-    key = payment_intent_idempotency_key(cart_id, amount, currency, (canceled_before or 0) + failed_before)
+    cart_id = cart.id
+    key = payment_intent_idempotency_key(cart_id, amount, currency, _generation(cart, amount, currency))
     try:
         intent = get_gateway().create_payment_intent(amount=amount, currency=currency, cart_id=cart_id,
                                                      idempotency_key=key)

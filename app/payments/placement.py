@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from app.db_clock import read_db_now
+from app.db_clock import db_now
 from app.db_tx import write_transaction
 from app.extensions import db
 from app.log import current_trace_id
@@ -31,7 +32,6 @@ from app.models import (
     Order,
     OrderItem,
     Payment,
-    PaymentSession,
     PaymentSessionStatus,
     PaymentStatus,
 )
@@ -42,9 +42,10 @@ from app.payments.errors import (
     PaymentNotPlaceable,
     UnknownPaymentIntent,
 )
-from app.payments.payment_intents import collection_for_cart
+from app.payments.order_payments import OrderPayments
+from app.payments.payment_records import record_collection, record_session
 from app.payments.provider_errors import ProviderRefused
-from app.payments.queries import order_for_cart, order_for_payment_intent, require_cart, session_for_intent
+from app.payments.queries import cart_and_order, order_for_cart, order_for_payment_intent, session_for_intent
 from app.payments.stripe_gateway import PaymentIntent, get_gateway
 from app.signals import order_placed
 
@@ -101,11 +102,26 @@ class _AuthorizationShort(Exception):
     """The authorization does not cover the cart as it is when the order would be made."""
 
 
+@dataclass(frozen=True)
+class CompletedCart:
+    """`complete_cart`'s answer: the order, and its payments when this very call placed it."""
+
+    order: Order
+    # As the placing transaction wrote them (and a new order has no pending edit): the answer
+    # needs no read. None for an order placed before (read it as any other order).
+    payments: OrderPayments | None = None
+
+
 def place_order(intent: PaymentIntent) -> Order:
     """The order for this authorized PaymentIntent, created if it does not exist yet."""
     existing = order_for_payment_intent(intent.id)
     if existing is not None:
         return existing
+    return _place(intent).order
+
+
+def _place(intent: PaymentIntent) -> CompletedCart:
+    """Place the order of the PaymentIntent's cart, or find the one another path placed meanwhile."""
     cart_id = intent.metadata.get("cart_id")
     cart = db.session.get(Cart, cart_id) if cart_id else None
     if cart is None:
@@ -114,7 +130,7 @@ def place_order(intent: PaymentIntent) -> Order:
         raise PaymentNotAuthorized("The payment is not authorized yet.")
 
     try:
-        order = _create_order(cart.id, intent)
+        order, payment = _create_order(cart.id, intent)
     except (IntegrityError, _CartTaken):
         # The other path (webhook or /complete) committed first: use its order. On PostgreSQL
         # each statement sees the latest commits, so this finds an order placed a moment ago.
@@ -126,7 +142,7 @@ def place_order(intent: PaymentIntent) -> Order:
                 raise
             _void_unplaceable(intent, f"cart {cart.id} already has order {other.id} under another payment")
             raise PaymentNotPlaceable("the cart was already paid") from None
-        return order
+        return CompletedCart(order)
     except _AuthorizationShort as exc:
         _void_unplaceable(intent, str(exc))
         raise PaymentNotPlaceable("the cart changed after this payment was authorized") from None
@@ -134,24 +150,34 @@ def place_order(intent: PaymentIntent) -> Order:
     log.info("order placed", extra={"order_id": order.id, "cart_id": cart.id, "payment_intent_id": intent.id})
     # Only now, after the commit, may subscribers (capture intents, emails) act on it.
     order_placed.send(current_app._get_current_object(), order_id=order.id, trace_id=current_trace_id())
-    return order
+    return CompletedCart(order, OrderPayments.of(order, [payment]))
 
 
-def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
+def _freeze(cart_id: str) -> Cart | None:
+    """Complete the cart if it is still open, stamped with the database's clock; None if it is not.
+
+    One statement: the compare-and-set on `completed_at IS NULL` (the row every cart write locks
+    first), its time, and the cart read back. The session's objects are expired first, so the
+    items load fresh, after the freeze, when first read.
+    """
+    db.session.expire_all()
+    return db.session.scalars(
+        update(Cart)
+        .where(Cart.id == cart_id, Cart.completed_at.is_(None))
+        .values(completed_at=db_now(), updated_at=db_now())  # one clock for deadlines: the database's
+        .returning(Cart)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+
+
+def _create_order(cart_id: str, intent: PaymentIntent) -> tuple[Order, Payment]:
     """Cart frozen, then order, items, collection, session and payment, in one transaction."""
     settings = current_app.config["ENGINE"]
     with write_transaction(expire_on_commit=False) as session:
-        now = read_db_now(session)  # one clock for deadlines: the database's
-        frozen = session.execute(
-            update(Cart)
-            .where(Cart.id == cart_id, Cart.completed_at.is_(None))
-            .values(completed_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount == 1
-        if not frozen:
+        cart = _freeze(cart_id)
+        if cart is None:
             raise _CartTaken(cart_id)
-        session.expire_all()
-        cart = session.get(Cart, cart_id)
+        now = cart.completed_at
         authorized = authorized_amount(intent)
         if not cart.items or intent.currency != cart.currency or authorized < cart.total:
             raise _AuthorizationShort(
@@ -181,52 +207,43 @@ def _create_order(cart_id: str, intent: PaymentIntent) -> Order:
             for position, line in enumerate(cart.items)
         ]
         session.add(order)
-        collection = collection_for_cart(cart)
-        collection.order = order
-        payment_session = session_for_intent(intent.id)
-        if payment_session is None:
-            payment_session = PaymentSession(
-                payment_collection=collection,
-                stripe_payment_intent_id=intent.id,
-                idempotency_key="",
-                amount=intent.amount,
-                currency=intent.currency,
-            )
-            session.add(payment_session)
-        payment_session.status = PaymentSessionStatus.AUTHORIZED
-        session.flush()
-        session.add(
-            Payment(
-                payment_collection=collection,
-                payment_session_id=payment_session.id,
-                order_id=order.id,
-                stripe_payment_intent_id=intent.id,
-                stripe_charge_id=intent.latest_charge,
-                currency=intent.currency,
-                amount=authorized_amount(intent),
-                status=PaymentStatus.AUTHORIZED,
-                authorized_at=now,
-                capture_due_at=order.grace_period_ends_at,
-                capture_before=(datetime.fromtimestamp(intent.capture_before, timezone.utc)
-                                if intent.capture_before else None),
-            )
+        session.flush()  # the collection names the order
+        collection_id = record_collection(cart.id, cart.currency, cart.total, order_id=order.id)
+        # A session exists unless the cart's PaymentIntent was never recorded (its record lost).
+        payment_session_id = record_session(collection_id, intent, "", PaymentSessionStatus.AUTHORIZED)
+        payment = Payment(
+            payment_collection_id=collection_id,
+            payment_session_id=payment_session_id,
+            order_id=order.id,
+            stripe_payment_intent_id=intent.id,
+            stripe_charge_id=intent.latest_charge,
+            currency=intent.currency,
+            amount=authorized_amount(intent),
+            status=PaymentStatus.AUTHORIZED,
+            authorized_at=now,
+            capture_due_at=order.grace_period_ends_at,
+            capture_before=(datetime.fromtimestamp(intent.capture_before, timezone.utc)
+                            if intent.capture_before else None),
         )
+        session.add(payment)
         notices.order_placed(order)
-    return order
+    return order, payment
 
 
-def complete_cart(cart_id: str) -> Order:
+def complete_cart(cart_id: str) -> CompletedCart:
     """`POST /store/carts/{id}/complete`: the cart's order once Stripe says the payment is authorized."""
-    cart = require_cart(cart_id)
-    order = order_for_cart(cart.id)
+    cart, order = cart_and_order(cart_id)
     if order is not None:
-        return order
+        return CompletedCart(order)
     if not cart.payment_intent_id:
         raise PaymentNotAuthorized("The cart has no payment yet; create a payment intent first.")
     intent = get_gateway().retrieve_payment_intent(cart.payment_intent_id)
     if intent.is_authorized:
         try:
-            return place_order(intent)
+            # No look-up by PaymentIntent first (`place_order`'s): the cart had no order a moment
+            # ago, and one placed since by the webhook makes the freeze fail, after which `_place`
+            # finds and returns it.
+            return _place(intent)
         except PaymentNotPlaceable as exc:
             raise PaymentNotPlaceable(f"The payment cannot be used: {exc.message}. Pay again.") from None
     if intent.status == "requires_payment_method" and intent.last_error_message:

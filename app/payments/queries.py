@@ -7,17 +7,29 @@ return None when there is nothing to find.
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from app.extensions import db
 from app.models import Cart, Order, Payment, PaymentSession
 from app.payments.errors import CartNotFound, OrderNotFound
 
 
-def require_cart(cart_id: str) -> Cart:
-    cart = db.session.get(Cart, cart_id)
+def require_cart(cart_id: str, *, with_items: bool = False) -> Cart:
+    """`with_items`: its items in the same SELECT (joined), for a caller that reads them."""
+    cart = db.session.get(Cart, cart_id, options=[joinedload(Cart.items)] if with_items else None)
     if cart is None:
         raise CartNotFound(f"No cart with id {cart_id!r}.")
     return cart
+
+
+def cart_and_order(cart_id: str) -> tuple[Cart, Order | None]:
+    """The cart and the order made from it, if any, in one SELECT."""
+    row = db.session.execute(
+        select(Cart, Order).outerjoin(Order, Order.cart_id == Cart.id).where(Cart.id == cart_id)
+    ).one_or_none()
+    if row is None:
+        raise CartNotFound(f"No cart with id {cart_id!r}.")
+    return row[0], row[1]
 
 
 def require_order(order_id: str) -> Order:

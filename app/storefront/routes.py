@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import Blueprint, jsonify
 from sqlalchemy import select
 
 from app import carts
 from app.carts import MAX_QUANTITY
-from app.errors import InvalidRequest
+from app.errors import ApiError, InvalidRequest
 from app.extensions import db
 from app.models import Product
 from app.payments import cancellation, edits, pending_edits
@@ -56,24 +59,35 @@ def get_cart(cart_id: str):
     return jsonify({"cart": cart_json(carts.get_cart(cart_id))})
 
 
+@contextmanager
+def _unknown_cart_first(cart_id: str) -> Iterator[None]:
+    """An unknown cart answers 404 whatever the body; looked up only when the body is refused (the
+    write itself finds an unknown cart, without a lookup of its own first)."""
+    try:
+        yield
+    except ApiError:
+        carts.get_cart(cart_id)
+        raise
+
+
 @bp.post("/carts/<cart_id>/line-items")
 def add_line_item(cart_id: str):
     """Add a product (or more of it) to the cart."""
-    carts.get_cart(cart_id)
-    data = json_body()
-    reject_unknown(data, {"product_id", "quantity"})
-    product_id = id_string(data, "product_id", "prod")
-    quantity = positive_int(data, "quantity", MAX_QUANTITY)
+    with _unknown_cart_first(cart_id):
+        data = json_body()
+        reject_unknown(data, {"product_id", "quantity"})
+        product_id = id_string(data, "product_id", "prod")
+        quantity = positive_int(data, "quantity", MAX_QUANTITY)
     return jsonify({"cart": cart_json(carts.add_line_item(cart_id, product_id, quantity))})
 
 
 @bp.post("/carts/<cart_id>/line-items/<line_id>")
 def update_line_item(cart_id: str, line_id: str):
     """Set a line's quantity."""
-    carts.get_cart(cart_id)
-    data = json_body()
-    reject_unknown(data, {"quantity"})
-    quantity = positive_int(data, "quantity", MAX_QUANTITY)
+    with _unknown_cart_first(cart_id):
+        data = json_body()
+        reject_unknown(data, {"quantity"})
+        quantity = positive_int(data, "quantity", MAX_QUANTITY)
     return jsonify({"cart": cart_json(carts.update_line_item(cart_id, line_id, quantity))})
 
 
@@ -103,8 +117,10 @@ def create_payment_intent(cart_id: str):
 @bp.post("/carts/<cart_id>/complete")
 def complete(cart_id: str):
     """Turn the cart into an order once its payment is authorized; the same order every time."""
-    order = complete_cart(cart_id)
-    return jsonify({"order": order_json(order)})
+    completed = complete_cart(cart_id)
+    # An order this call placed is shown as its transaction wrote it (no pending edit yet).
+    return jsonify({"order": order_json(completed.order, completed.payments,
+                                        pending_edit_known=completed.payments is not None)})
 
 
 @bp.get("/orders/<order_id>")
