@@ -79,7 +79,7 @@ def engine_scheduler(connection, sweep_interval: int, reconcile_interval: int, p
     return EngineScheduler(queue_name="default", connection=connection, interval=poll_interval)
 
 
-def engine_worker_class():
+def engine_worker_class(*, forked: bool = False):
     """RQ's SimpleWorker (no fork per job, so captures drain fast; SIGTERM still finishes the current
     job) that registers itself again when Redis has lost its data (a restart without persistence):
     RQ's own worker only refreshes the TTL of a key that is gone, and drops off `rq:workers`, the
@@ -89,9 +89,10 @@ def engine_worker_class():
     class EngineWorker(SimpleWorker):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            # A worker of a pool is a forked process: the database connections it inherited belong
-            # to the parent, so it opens its own (SQLAlchemy's documented way after a fork).
-            db.engine.dispose(close=False)
+            if forked:
+                # A worker of a pool is a forked process: the database connections it inherited
+                # belong to the parent, so it opens its own (SQLAlchemy's documented way after a fork).
+                db.engine.dispose(close=False)
 
         def heartbeat(self, timeout=None, pipeline=None):
             if pipeline is None and not self.connection.exists(self.key):
@@ -183,7 +184,7 @@ def init_app(app: Flask) -> None:
         from rq.worker_pool import WorkerPool
 
         pool = WorkerPool(list(QUEUE_NAMES), connection=connection, num_workers=concurrency,
-                          worker_class=engine_worker_class())
+                          worker_class=engine_worker_class(forked=True))
         pool.start(burst=burst, logging_level="INFO")
 
     @app.cli.command("scheduler")

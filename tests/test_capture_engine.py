@@ -403,3 +403,33 @@ def test_payment_intent_unknown_to_stripe_fails_visibly_instead_of_retrying_fore
         assert capture_order(order["id"], trigger="expiry") == CaptureOutcome.FAILED
     body = _order(client, order["id"])
     assert body["capture"]["status"] == "failed" and "not found at Stripe" in body["capture"]["last_error"]
+
+
+def test_a_worker_process_with_concurrency_runs_a_pool_that_captures_each_order_once(
+        app, client, sim, sim_control, settings, redis_url, db_session):
+    """WORKER_CONCURRENCY=3: one `flask worker` forks three RQ workers (each with its own database connections)."""
+    from app.models import Payment
+    from app.queues import enqueue_captures
+
+    settings(grace_period_seconds=1)
+    orders = [place_order(client, sim_control) for _ in range(6)]
+    time.sleep(1.1)
+    with app.app_context():
+        assert enqueue_captures([order["id"] for order in orders], "expiry") == 6
+    env = {
+        **os.environ,
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": redis_url,
+        "STRIPE_SECRET_KEY": "sk_test_suite",
+        "STRIPE_API_BASE": sim.url,
+        "SECRET_KEY": "test",
+        "WORKER_CONCURRENCY": "3",
+    }
+    worker = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert worker.stderr.count("Starting worker started with PID") == 3
+    db_session.expire_all()
+    assert {p.status for p in db_session.query(Payment)} == {"captured"}
+    assert sorted(c["payment_intent"] for c in captures_at_stripe(sim_control)) == sorted(
+        p.stripe_payment_intent_id for p in db_session.query(Payment))
