@@ -172,6 +172,60 @@ def capture_drain(plt) -> None:
     save(fig, plt, "capture_drain.png")
 
 
+def capture_lag_live(plt) -> None:
+    """P1: a steady store of 1M live grace periods, the engine against Redis's expiry alone."""
+    res = load("capture_lag_live_1m")
+    if not res:
+        return
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    for r in res["results"]:
+        engine = r["way"].startswith("engine")
+        xs = [x for x, y in r["series"] if y is not None]
+        ys = [y for x, y in r["series"] if y is not None]
+        missing = sum(1 for _, y in r["series"] if y is None)
+        label = ("engine: capture job enqueued" if engine else "Redis's expiry alone: expired event")
+        if missing:
+            label += f" ({missing / len(r['series']):.0%} not fired {r['cutoff_s']:.0f} s after the window)"
+        ax.plot(xs, ys, ".", markersize=3, color="black" if engine else "tab:orange", label=label)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("deadline, seconds into the measured minute")
+    ax.set_ylabel("lag after the deadline, s (log above 1 s)")
+    live = res["results"][0]["live"]
+    ax.set_title(f"P1: {live:,} live grace periods, {live / 3600:.0f} due a second ({NOTE})")
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, plt, "capture_lag_live_1m.png")
+
+
+def capture_lag_copies(plt) -> None:
+    """P1b: 100k deadlines inside 30 s with 1, 2, 3 listener copies, before and after the copy fix."""
+    rows = []
+    for name, code in (("p1b_before", "before"), ("p1b_after", "after"),
+                       ("p1b_before_x3", "before"), ("p1b_after_x3", "after")):
+        res = load(name)
+        for r in (res or {}).get("results", []):
+            if "listener_cpu_s" in r or name in ("p1b_before", "p1b_after"):
+                rows.append((code, r.get("listeners", 1), r["enqueued"]["p99"], sum(r.get("listener_cpu_s") or [0])))
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for code, color in (("before", "tab:red"), ("after", "black")):
+        pts = [(k, p99) for c_, k, p99, _ in rows if c_ == code]
+        ax.plot([k for k, _ in pts], [p for _, p in pts], "o", color=color, label=f"{code}: enqueued p99")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks([1, 2, 3])
+    ax.set_xlabel("listener copies")
+    ax.set_ylabel("deadline → capture job enqueued, p99 s")
+    ax.set_title(f"P1b: 100,000 deadlines inside 30 s ({NOTE})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, plt, "capture_lag_copies.png")
+
+
 def save(fig, plt, name: str) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT / name, dpi=110)
@@ -188,7 +242,7 @@ def main() -> int:
     except ImportError:
         print("matplotlib is not installed: .venv/bin/pip install matplotlib")
         return 1
-    for fn in (capture_lag, redis_memory, sweep_cost, throughput, capture_drain):
+    for fn in (capture_lag, capture_lag_live, capture_lag_copies, redis_memory, sweep_cost, throughput, capture_drain):
         fn(plt)
     return 0
 
