@@ -516,6 +516,43 @@ def insert_rows(app, tables: dict[str, list[dict[str, Any]]], display_id_start: 
             conn.execute(text("ANALYZE"))
 
 
+def copy_rows(app, tables: dict[str, list[dict[str, Any]]], analyze: bool = True) -> None:
+    """Bulk insert of any tables, in the dict's order (parents first): COPY on PostgreSQL (JSON values
+    written as JSON text), executemany on SQLite; then ANALYZE of those tables."""
+    from sqlalchemy import text
+
+    from app.extensions import db
+
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name == "postgresql":
+            raw = engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                for name, rows in tables.items():
+                    if not rows:
+                        continue
+                    cols = list(rows[0].keys())
+                    with cur.copy(f"COPY {name} ({', '.join(cols)}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row([json.dumps(v) if isinstance(v, (dict, list)) else v
+                                            for v in (row[c] for c in cols)])
+                raw.commit()
+            finally:
+                raw.close()
+        else:
+            with engine.begin() as conn:
+                for name, rows in tables.items():
+                    table = db.metadata.tables[name]
+                    for start in range(0, len(rows), 50_000):
+                        conn.execute(table.insert(), rows[start:start + 50_000])
+        if analyze:
+            with engine.begin() as conn:
+                for name, rows in tables.items():
+                    if rows:
+                        conn.execute(text(f"ANALYZE {name}"))
+
+
 # ----------------------------------------------------------------------------------- simulator
 
 

@@ -40,8 +40,10 @@ class OrderEdit(db.Model):
         Index("uq_order_edits_one_pending", "order_id", unique=True,
               postgresql_where=text("status = 'requires_payment'"), sqlite_where=text("status = 'requires_payment'")),
         # The sweep's janitor: PaymentIntents of edits that will never apply, still to be voided.
-        Index("ix_order_edits_void_pending", "resolved_at",
-              postgresql_where=text("void_pending"), sqlite_where=text("void_pending")),
+        # Each predicate is the one SQLAlchemy writes for `where(OrderEdit.void_pending)` on its backend
+        # (SQLite has no boolean type: `= 1`), as a partial index serves only a query naming its predicate.
+        Index("ix_order_edits_void_pending_resolved_at", "resolved_at",
+              postgresql_where=text("void_pending"), sqlite_where=text("void_pending = 1")),
         # The sweep's janitor: pending edits past their expiry (a lapse nobody recorded).
         Index("ix_order_edits_status_expires_at", "status", "expires_at"),
     )

@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db_clock import db_now, read_db_now
@@ -434,10 +434,12 @@ def resolve_pending_edits(now: datetime, stuck_after: timedelta) -> int:
     did not answer) are voided now. Bounded per sweep; returns how many were resolved."""
     with write_transaction():
         expired = _retire_where(E.EXPIRED, LAPSED, OrderEdit.expires_at <= db_now())
+    # Not one OR of two columns, which no index serves: the partial index on void_pending, oldest first,
+    # then the edits just retired (the newest, already known by id).
     stale = list(db.session.scalars(
-        select(OrderEdit.id).where(OrderEdit.void_pending.is_(True),
-                                   or_(OrderEdit.resolved_at < now - stuck_after, OrderEdit.id.in_(expired or [""])))
+        select(OrderEdit.id).where(OrderEdit.void_pending, OrderEdit.resolved_at < now - stuck_after)
         .order_by(OrderEdit.resolved_at).limit(BATCH)
     ))
     db.session.rollback()
-    return void_edit_intents(stale)
+    stale += [edit_id for edit_id in expired if edit_id not in stale]
+    return void_edit_intents(stale[:BATCH])
