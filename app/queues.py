@@ -25,10 +25,12 @@ CAPTURE_JOB = "app.jobs.capture_order_job"
 SWEEP_JOB = "app.jobs.sweep_job"
 RECONCILE_JOB = "app.jobs.reconcile_job"
 NOTICE_JOB = "app.jobs.send_notice_job"
+EVENT_JOB = "app.jobs.process_event_job"
 
 CAPTURE_QUEUE = "captures"
 DEFAULT_QUEUE = "default"
-QUEUE_NAMES = (CAPTURE_QUEUE, DEFAULT_QUEUE)
+EVENT_QUEUE = "events"
+QUEUE_NAMES = (CAPTURE_QUEUE, EVENT_QUEUE, DEFAULT_QUEUE)  # a worker takes them in this order
 
 # Stripe rate limits and outages: the same job (and so the same idempotency key) again later.
 CAPTURE_RETRY = Retry(max=6, interval=[5, 15, 60, 180, 600, 1800])
@@ -37,6 +39,9 @@ FAILED_JOB_TTL = 7 * 24 * 3600
 # A provider outage (5xx, timeout): the same notice, under the same idempotency key, later.
 NOTICE_RETRY = Retry(max=4, interval=[30, 120, 600, 1800])
 NOTICE_JOB_TIMEOUT = 60
+# A handler that failed (Stripe unreachable, a lock timeout): the same event again later, then the sweep.
+EVENT_RETRY = Retry(max=5, interval=[10, 60, 300, 900, 1800])
+EVENT_JOB_TIMEOUT = 120
 # A job popped from the queue but not marked started after this long lost its worker.
 STALE_STARTED_JOB = timedelta(seconds=30)
 _FINISHED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
@@ -204,4 +209,18 @@ def enqueue_notice(notice_id: str) -> bool:
         queue(DEFAULT_QUEUE), NOTICE_JOB, (notice_id,), notice_job_id(notice_id),
         lambda old, status: status in _FINISHED,
         retry=NOTICE_RETRY, job_timeout=NOTICE_JOB_TIMEOUT, description=f"send notice {notice_id}",
+    )
+
+
+def event_job_id(event_id: str) -> str:
+    return f"event-{event_id}"
+
+
+def enqueue_event_processing(event_id: str) -> bool:
+    """Queue the stored webhook event's processing under job id `event-{event_id}`; False if that job is
+    already queued, scheduled for a retry or running (the row's claim decides anyway: a second job does nothing)."""
+    return _enqueue_unique(
+        queue(EVENT_QUEUE), EVENT_JOB, (event_id,), event_job_id(event_id),
+        lambda old, status: status in _FINISHED,
+        retry=EVENT_RETRY, job_timeout=EVENT_JOB_TIMEOUT, description=f"process webhook event {event_id}",
     )

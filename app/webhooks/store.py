@@ -39,16 +39,18 @@ def _insert_statement(dialect: str):
     return insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
 
 
-def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: bool) -> bool:
+def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: bool, claim: bool = False) -> bool:
     """Store a new event in one autocommitted INSERT ... ON CONFLICT DO NOTHING; False for a known id.
 
-    A type some handler acts on is stored claimed (`processing_started_at`, attempt 1) by this
-    very statement, so the delivery that inserted it processes it without another round trip;
-    any other type is stored already processed. One statement is atomic on its own: no BEGIN,
-    no COMMIT (bench/round_trips.py: 2 round trips with the pool's ping, was 4).
+    A type no handler acts on is stored already processed. A type some handler acts on is stored
+    unprocessed: unclaimed for a worker's job to claim (the webhook endpoint), or with `claim`
+    claimed by this very statement (`processing_started_at`, attempt 1), so a caller that processes
+    it at once (reconciliation) needs no claim round trip. One statement is atomic on its own: no
+    BEGIN, no COMMIT (bench/round_trips.py: 2 round trips with the pool's ping, was 4).
     """
     now = utcnow()
     data_object = (event.get("data") or {}).get("object") or {}
+    claimed = handled and claim
     engine = db.engine
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         inserted = connection.execute(_insert_statement(engine.dialect.name), {
@@ -59,8 +61,8 @@ def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: 
             "trace_id": trace_id,
             "received_at": now,
             "processed_at": None if handled else now,
-            "processing_started_at": now if handled else None,
-            "attempts": 1,
+            "processing_started_at": now if claimed else None,
+            "attempts": 0 if handled and not claimed else 1,
         }).scalar()
     return inserted is not None
 
