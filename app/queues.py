@@ -216,11 +216,43 @@ def event_job_id(event_id: str) -> str:
     return f"event-{event_id}"
 
 
+# KEYS[1] the job's hash, KEYS[2] the queue's list, KEYS[3] RQ's set of queues; ARGV[1] the job id,
+# ARGV[2..] the hash's fields and values. `Queue.enqueue(unique=True)` in one round trip (it takes two:
+# the SADD in a MULTI/EXEC, then its own script), for the webhook endpoint, which queues one job per event.
+EVENT_ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], KEYS[2])
+return 1
+"""
+
+
 def enqueue_event_processing(event_id: str) -> bool:
     """Queue the stored webhook event's processing under job id `event-{event_id}`; False if that job is
-    already queued, scheduled for a retry or running (the row's claim decides anyway: a second job does nothing)."""
+    already queued, scheduled for a retry or running (the row's claim decides anyway: a second job does nothing).
+
+    One Redis round trip: the job RQ would write (`create_job`, `Job.to_dict()`), written by
+    `EVENT_ENQUEUE_SCRIPT`; an id still held by an earlier finished or failed job goes through
+    `_enqueue_unique`, which replaces it.
+    """
+    events = queue(EVENT_QUEUE)
+    job = events.create_job(
+        EVENT_JOB, args=(event_id,), job_id=event_job_id(event_id), retry=EVENT_RETRY, timeout=EVENT_JOB_TIMEOUT,
+        result_ttl=0, failure_ttl=FAILED_JOB_TTL, meta={"trace_id": current_trace_id()},
+        description=f"process webhook event {event_id}", status=JobStatus.QUEUED,
+    )
+    job.enqueued_at = datetime.now(timezone.utc)
+    fields: list = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            fields += [name, value if isinstance(value, (bytes, str)) else str(value)]
+    script = events.connection.register_script(EVENT_ENQUEUE_SCRIPT)
+    if script(keys=[job.key, events.key, events.redis_queues_keys], args=[job.id, *fields]):
+        return True
     return _enqueue_unique(
-        queue(EVENT_QUEUE), EVENT_JOB, (event_id,), event_job_id(event_id),
-        lambda old, status: status in _FINISHED,
+        events, EVENT_JOB, (event_id,), job.id, lambda old, status: status in _FINISHED,
         retry=EVENT_RETRY, job_timeout=EVENT_JOB_TIMEOUT, description=f"process webhook event {event_id}",
     )
