@@ -219,9 +219,14 @@ def event_job_id(event_id: str) -> str:
 # KEYS[1] the job's hash, KEYS[2] the queue's list, KEYS[3] RQ's set of queues; ARGV[1] the job id,
 # ARGV[2..] the hash's fields and values. `Queue.enqueue(unique=True)` in one round trip (it takes two:
 # the SADD in a MULTI/EXEC, then its own script), for the webhook endpoint, which queues one job per event.
+# Answers 1 when it queued the job, else the status of the job that holds the id.
 EVENT_ENQUEUE_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then
+    return status
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-    return 0
+    return 'unknown'
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -234,9 +239,9 @@ def enqueue_event_processing(event_id: str) -> bool:
     """Queue the stored webhook event's processing under job id `event-{event_id}`; False if that job is
     already queued, scheduled for a retry or running (the row's claim decides anyway: a second job does nothing).
 
-    One Redis round trip: the job RQ would write (`create_job`, `Job.to_dict()`), written by
-    `EVENT_ENQUEUE_SCRIPT`; an id still held by an earlier finished or failed job goes through
-    `_enqueue_unique`, which replaces it.
+    One Redis round trip, also for a redelivery whose job is still queued: the job RQ would write
+    (`create_job`, `Job.to_dict()`), written by `EVENT_ENQUEUE_SCRIPT`; only an id still held by an
+    earlier finished or failed job goes through `_enqueue_unique`, which replaces it.
     """
     events = queue(EVENT_QUEUE)
     job = events.create_job(
@@ -250,8 +255,11 @@ def enqueue_event_processing(event_id: str) -> bool:
         if value is not None:
             fields += [name, value if isinstance(value, (bytes, str)) else str(value)]
     script = events.connection.register_script(EVENT_ENQUEUE_SCRIPT)
-    if script(keys=[job.key, events.key, events.redis_queues_keys], args=[job.id, *fields]):
+    held_by = script(keys=[job.key, events.key, events.redis_queues_keys], args=[job.id, *fields])
+    if held_by == 1:
         return True
+    if held_by != b"unknown" and held_by.decode() not in _FINISHED:
+        return False  # queued, scheduled for a retry or running: that job will do
     return _enqueue_unique(
         events, EVENT_JOB, (event_id,), job.id, lambda old, status: status in _FINISHED,
         retry=EVENT_RETRY, job_timeout=EVENT_JOB_TIMEOUT, description=f"process webhook event {event_id}",

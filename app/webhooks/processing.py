@@ -17,7 +17,7 @@ from app.log import current_trace_id, trace
 from app.models import WebhookEvent
 from app.queues import enqueue_event_processing
 from app.webhooks.handlers import HANDLERS
-from app.webhooks.store import claim_attempt, event_payload, insert_event, mark_failed, mark_processed
+from app.webhooks.store import claim_attempt, event_payload, insert_event, mark_failed, mark_processed, stored_state
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class Receipt:
     stored: bool  # this call stored it: the first time its id was seen
     processed: bool  # this call ran its handler to completion
     deferred: bool = False  # left to its job (queued now, or by the sweep if Redis refused the job)
+    done_before: bool = False  # found processed already (a redelivery)
 
 
 def accept_event(event: dict, payload: bytes, trace_id: str | None) -> Receipt:
@@ -53,10 +54,10 @@ def accept_event(event: dict, payload: bytes, trace_id: str | None) -> Receipt:
     if not handled:
         return Receipt(handled=False, stored=stored, processed=False)
     if not stored:
-        row = db.session.get(WebhookEvent, event["id"])
-        if row.processed_at is not None:
-            return Receipt(handled=True, stored=False, processed=False)
-        if row.attempts:
+        processed, attempts = stored_state(event["id"])
+        if processed:
+            return Receipt(handled=True, stored=False, processed=False, done_before=True)
+        if attempts:
             return Receipt(handled=True, stored=False, processed=process_event(event["id"]))
     _enqueue(event["id"], event["type"])
     return Receipt(handled=True, stored=stored, processed=False, deferred=True)

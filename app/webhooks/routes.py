@@ -53,7 +53,8 @@ def stripe_webhook():
         receipt = accept_event(event, payload, g.get("trace_id"))
     except ProcessingFailed:
         return jsonify({"error": {"code": "processing_failed", "message": "The event could not be processed; retry later."}}), 500
-    if receipt.handled and not (receipt.stored or receipt.processed or receipt.deferred) and not is_processed(event["id"]):
+    settled = receipt.stored or receipt.processed or receipt.deferred or receipt.done_before
+    if receipt.handled and not settled and not is_processed(event["id"]):
         # Another delivery holds it, or died holding it: a 2xx now would end Stripe's retries before
         # the event is done. Stripe retries; the sweep re-runs it once its lease has run out.
         return jsonify({"error": {"code": "event_in_progress",
