@@ -116,6 +116,44 @@ def drain(procs: list, tmp: Path, env: dict[str, str], redis_url: str) -> tuple[
     return time.monotonic() - started, queued
 
 
+def _cpu_of(pids) -> dict[int, float]:
+    import psutil
+
+    seconds = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            seconds[pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return seconds
+
+
+def _cpu_groups(procs: list, web: str) -> dict[str, list[int]]:
+    """The processes whose CPU a run costs: the gunicorn under test (master and workers), the
+    PostgreSQL backends of the bench database, the private redis-server."""
+    import psutil
+
+    by_name = {proc.name: proc for proc in procs}
+    master = by_name[web].pid
+    backends = [p.pid for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and p.info["cmdline"][0].startswith("postgres:")
+                and f" {c.PG_URL.rsplit('/', 1)[1]} " in p.info["cmdline"][0]]
+    return {"web": [master, *(child.pid for child in psutil.Process(master).children(recursive=True))],
+            "postgres": backends, "redis": [by_name["redis-server"].pid]}
+
+
+def cpu_ms_per_request(procs: list, web: str, run, requests_of) -> tuple[dict, dict[str, float]]:
+    """Run `run()`; the CPU milliseconds per request each group spent meanwhile (a process started
+    during the run counts from zero)."""
+    before = {group: _cpu_of(pids) for group, pids in _cpu_groups(procs, web).items()}
+    result = run()
+    after = {group: _cpu_of(pids) for group, pids in _cpu_groups(procs, web).items()}
+    n = max(1, requests_of(result))
+    return result, {group: round(1000 * sum(t - before[group].get(pid, 0.0) for pid, t in after[group].items()) / n, 3)
+                    for group in after}
+
+
 def drive(url: str, items: list[tuple[str, str]], duration: float, tmp: Path, tag: str,
           path: str = "/webhooks/stripe") -> dict:
     payload_file = tmp / f"payloads-{tag}.txt"
@@ -180,17 +218,21 @@ def main() -> int:
         distinct_total = 0
         for rnd in range(rounds):
             items, distinct = make_events(size, ours, foreign, seed=100 + rnd)
-            res = drive(bare_url, items, duration, tmp, f"bare-{rnd}")
-            runs.append({"target": "ceiling (bare Flask)", "round": rnd, **res})
-            print(f"   round {rnd + 1}: ceiling {res['per_s']:8.0f}/s", flush=True)
-            res = drive(bare_url, items, duration, tmp, f"bare-db-{rnd}", path="/db/webhooks/stripe")
-            runs.append({"target": "bare Flask + 1 INSERT", "round": rnd, **res})
-            print(f"   round {rnd + 1}: ceiling + 1 INSERT {res['per_s']:8.0f}/s", flush=True)
-            res = drive(app_url, items, duration, tmp, f"app-{rnd}")
+            requests_of = lambda r: r["requests"]  # noqa: E731
+            res, cpu = cpu_ms_per_request(procs, "gunicorn-bare", lambda: drive(bare_url, items, duration, tmp, f"bare-{rnd}"),
+                                          requests_of)
+            runs.append({"target": "ceiling (bare Flask)", "round": rnd, **res, "cpu_ms_per_request": cpu})
+            print(f"   round {rnd + 1}: ceiling {res['per_s']:8.0f}/s  CPU ms/request {cpu}", flush=True)
+            res, cpu = cpu_ms_per_request(procs, "gunicorn-bare", lambda: drive(
+                bare_url, items, duration, tmp, f"bare-db-{rnd}", path="/db/webhooks/stripe"), requests_of)
+            runs.append({"target": "bare Flask + 1 INSERT", "round": rnd, **res, "cpu_ms_per_request": cpu})
+            print(f"   round {rnd + 1}: ceiling + 1 INSERT {res['per_s']:8.0f}/s  CPU ms/request {cpu}", flush=True)
+            res, cpu = cpu_ms_per_request(procs, "gunicorn-app", lambda: drive(app_url, items, duration, tmp, f"app-{rnd}"),
+                                          requests_of)
             if res["requests"] > size:
                 print(f"   warning: the app run sent {res['requests']} > {size} deliveries: the list wrapped")
-            runs.append({"target": "app (wsgi:app)", "round": rnd, **res})
-            print(f"   round {rnd + 1}: app     {res['per_s']:8.0f}/s", flush=True)
+            runs.append({"target": "app (wsgi:app)", "round": rnd, **res, "cpu_ms_per_request": cpu})
+            print(f"   round {rnd + 1}: app     {res['per_s']:8.0f}/s  CPU ms/request {cpu}", flush=True)
             distinct_total += distinct
         drained_s, queued_before = drain(procs, tmp, env, redis_url)
         print(f"   after the runs: {queued_before:,} queued event jobs run by 2 workers in {drained_s:.1f} s (not timed)",
