@@ -50,7 +50,8 @@ ACTED_ON_SHARE = 0.50
 CARTS = 40
 
 
-def make_events(count: int, ours: list[str], foreign: list[str], seed: int) -> tuple[list[tuple[str, str]], int]:
+def make_events(count: int, ours: list[str], foreign: list[str], seed: int,
+                acted_on_share: float = ACTED_ON_SHARE) -> tuple[list[tuple[str, str]], int]:
     """`count` deliveries (signature, body); returns them and how many distinct events they hold.
 
     `ours`: PaymentIntents of carts checked out through the app; `foreign`: of another integration."""
@@ -66,7 +67,7 @@ def make_events(count: int, ours: list[str], foreign: list[str], seed: int) -> t
             sent.append(sent[max(0, len(sent) - 1 - rng.randrange(200))])
             continue
         distinct += 1
-        if ours and rng.random() < ACTED_ON_SHARE:
+        if ours and rng.random() < acted_on_share:
             etype = rng.choice(ACTED_ON_TYPES)
             if etype in INTENT_TYPES:
                 obj = {"id": rng.choice(ours), "object": "payment_intent"}
@@ -185,6 +186,8 @@ def main() -> int:
     parser = c.arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=None, help="seconds per measured run (15; quick 4)")
     parser.add_argument("--rounds", type=int, default=None, help="ceiling/app pairs (2; quick 1)")
+    parser.add_argument("--acted-on-share", type=float, default=ACTED_ON_SHARE,
+                        help=f"share of the new events of acted-on types ({ACTED_ON_SHARE})")
     args = parser.parse_args()
     duration = args.duration or (4.0 if args.quick else 15.0)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -217,7 +220,7 @@ def main() -> int:
         drive(bare_url, warm, 2, tmp, "warm-bare")
         distinct_total = 0
         for rnd in range(rounds):
-            items, distinct = make_events(size, ours, foreign, seed=100 + rnd)
+            items, distinct = make_events(size, ours, foreign, seed=100 + rnd, acted_on_share=args.acted_on_share)
             requests_of = lambda r: r["requests"]  # noqa: E731
             res, cpu = cpu_ms_per_request(procs, "gunicorn-bare", lambda: drive(bare_url, items, duration, tmp, f"bare-{rnd}"),
                                           requests_of)
@@ -235,7 +238,7 @@ def main() -> int:
             print(f"   round {rnd + 1}: app     {res['per_s']:8.0f}/s  CPU ms/request {cpu}", flush=True)
             distinct_total += distinct
         drained_s, queued_before = drain(procs, tmp, env, redis_url)
-        print(f"   after the runs: {queued_before:,} queued event jobs run by 2 workers in {drained_s:.1f} s (not timed)",
+        print(f"   after the runs: {queued_before:,} queued jobs (and what they queued) run by 2 workers in {drained_s:.1f} s (not timed)",
               flush=True)
         from sqlalchemy import text
 
@@ -277,7 +280,7 @@ def main() -> int:
           f"(× ceiling: app {app_rate / ceiling:.2f}, bare + 1 INSERT {durable / ceiling:.2f})")
     c.save_results("webhook_ingest", args, {
         "duration_s": duration, "rounds": rounds, "duplicate_share": DUPLICATE_SHARE,
-        "acted_on_share": ACTED_ON_SHARE, "acted_on_types": ACTED_ON_TYPES, "runs": runs,
+        "acted_on_share": args.acted_on_share, "acted_on_types": ACTED_ON_TYPES, "runs": runs,
         "drain_s": drained_s, "queued_jobs_after_runs": queued_before,
         "acted_on": {"rows": handled[0], "processed": handled[1], "one_attempt": handled[2], "max_attempts": handled[3]},
         "orders": {"orders": orders[0], "carts": orders[1]}, "exactly_once": exactly_once,

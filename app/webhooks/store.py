@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import traceback
 from datetime import timedelta
 
@@ -41,6 +42,7 @@ def _insert_statement(dialect: str):
 
 
 _table = WebhookEvent.__table__
+_ingest_engine_lock = threading.Lock()
 _STATE_STATEMENT = select(_table.c.processed_at, _table.c.attempts).where(_table.c.id == bindparam("id"))
 
 
@@ -58,9 +60,19 @@ def _ingest_connection():
         return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     ingest = current_app.extensions.get("webhook_ingest_engine")
     if ingest is None or ingest.url != engine.url:
-        ingest = create_engine(engine.url, pool_pre_ping=False, pool_recycle=300, isolation_level="AUTOCOMMIT")
-        current_app.extensions["webhook_ingest_engine"] = ingest
+        with _ingest_engine_lock:  # the web process's threads: one pool
+            ingest = current_app.extensions.get("webhook_ingest_engine")
+            if ingest is None or ingest.url != engine.url:
+                ingest = create_engine(engine.url, pool_pre_ping=False, pool_recycle=300, isolation_level="AUTOCOMMIT")
+                current_app.extensions["webhook_ingest_engine"] = ingest
     return ingest.connect()
+
+
+def dispose_ingest_engine(app) -> None:
+    """Close the ingest pool's connections (with `db.engine.dispose()`, where a process closes the app's)."""
+    ingest = app.extensions.pop("webhook_ingest_engine", None)
+    if ingest is not None:
+        ingest.dispose()
 
 
 def _run(statement, parameters: dict, *, row: bool = False):
