@@ -169,7 +169,7 @@ def init_app(app: Flask) -> None:
     @app.cli.command("worker")
     @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
     def worker_command(burst: bool) -> None:
-        """Run an RQ worker for the capture and default queues (the `worker` process)."""
+        """Run an RQ worker for the capture, events and default queues (the `worker` process)."""
         from app.queues import QUEUE_NAMES, queue
 
         connection = current_app.extensions["redis"]

@@ -1,6 +1,6 @@
 """RQ job functions: ids in, exceptions out (RQ records and retries them).
 
-Enqueued by dotted path (`app.queues.CAPTURE_JOB`, `SWEEP_JOB`, `RECONCILE_JOB`, `NOTICE_JOB`), so the queues
+Enqueued by dotted path (`app.queues.CAPTURE_JOB`, `SWEEP_JOB`, `RECONCILE_JOB`, `NOTICE_JOB`, `EVENT_JOB`), so the queues
 module never imports this one. Each job runs in a fresh app context (its own database session) of
 the app the worker process runs in (`flask --app wsgi worker`), under the trace id of the request
 or event that caused it.
@@ -15,6 +15,7 @@ from app.log import trace
 from app.notices.delivery import send_notice
 from app.payments.capture import capture_order
 from app.payments.sweep import sweep
+from app.webhooks.processing import process_event
 from app.webhooks.reconciliation import reconcile
 
 
@@ -51,3 +52,9 @@ def send_notice_job(notice_id: str) -> str:
     """Send one customer notice (exactly once per provider idempotency key); raises to be retried."""
     with _job_app().app_context(), trace(_trace_id()):
         return send_notice(notice_id)
+
+
+def process_event_job(event_id: str) -> str:
+    """Run a stored webhook event's handler (the row's claim makes it once); raises to be retried."""
+    with _job_app().app_context(), trace(_trace_id()):
+        return "processed" if process_event(event_id) else "not processed: done already or held by another attempt"

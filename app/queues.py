@@ -25,10 +25,12 @@ CAPTURE_JOB = "app.jobs.capture_order_job"
 SWEEP_JOB = "app.jobs.sweep_job"
 RECONCILE_JOB = "app.jobs.reconcile_job"
 NOTICE_JOB = "app.jobs.send_notice_job"
+EVENT_JOB = "app.jobs.process_event_job"
 
 CAPTURE_QUEUE = "captures"
 DEFAULT_QUEUE = "default"
-QUEUE_NAMES = (CAPTURE_QUEUE, DEFAULT_QUEUE)
+EVENT_QUEUE = "events"
+QUEUE_NAMES = (CAPTURE_QUEUE, EVENT_QUEUE, DEFAULT_QUEUE)  # a worker takes them in this order
 
 # Stripe rate limits and outages: the same job (and so the same idempotency key) again later.
 CAPTURE_RETRY = Retry(max=6, interval=[5, 15, 60, 180, 600, 1800])
@@ -37,6 +39,9 @@ FAILED_JOB_TTL = 7 * 24 * 3600
 # A provider outage (5xx, timeout): the same notice, under the same idempotency key, later.
 NOTICE_RETRY = Retry(max=4, interval=[30, 120, 600, 1800])
 NOTICE_JOB_TIMEOUT = 60
+# A handler that failed (Stripe unreachable, a lock timeout): the same event again later, then the sweep.
+EVENT_RETRY = Retry(max=5, interval=[10, 60, 300, 900, 1800])
+EVENT_JOB_TIMEOUT = 120
 # A job popped from the queue but not marked started after this long lost its worker.
 STALE_STARTED_JOB = timedelta(seconds=30)
 _FINISHED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
@@ -268,4 +273,58 @@ def enqueue_notice(notice_id: str) -> bool:
         queue(DEFAULT_QUEUE), NOTICE_JOB, (notice_id,), notice_job_id(notice_id),
         lambda old, status: status in _FINISHED,
         retry=NOTICE_RETRY, job_timeout=NOTICE_JOB_TIMEOUT, description=f"send notice {notice_id}",
+    )
+
+
+def event_job_id(event_id: str) -> str:
+    return f"event-{event_id}"
+
+
+# KEYS[1] the job's hash, KEYS[2] the queue's list, KEYS[3] RQ's set of queues; ARGV[1] the job id,
+# ARGV[2..] the hash's fields and values. `Queue.enqueue(unique=True)` in one round trip (it takes two:
+# the SADD in a MULTI/EXEC, then its own script), for the webhook endpoint, which queues one job per event.
+# Answers 1 when it queued the job, else the status of the job that holds the id.
+EVENT_ENQUEUE_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then
+    return status
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 'unknown'
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], KEYS[2])
+return 1
+"""
+
+
+def enqueue_event_processing(event_id: str) -> bool:
+    """Queue the stored webhook event's processing under job id `event-{event_id}`; False if that job is
+    already queued, scheduled for a retry or running (the row's claim decides anyway: a second job does nothing).
+
+    One Redis round trip, also for a redelivery whose job is still queued: the job RQ would write
+    (`create_job`, `Job.to_dict()`), written by `EVENT_ENQUEUE_SCRIPT`; only an id still held by an
+    earlier finished or failed job goes through `_enqueue_unique`, which replaces it.
+    """
+    events = queue(EVENT_QUEUE)
+    job = events.create_job(
+        EVENT_JOB, args=(event_id,), job_id=event_job_id(event_id), retry=EVENT_RETRY, timeout=EVENT_JOB_TIMEOUT,
+        result_ttl=0, failure_ttl=FAILED_JOB_TTL, meta={"trace_id": current_trace_id()},
+        description=f"process webhook event {event_id}", status=JobStatus.QUEUED,
+    )
+    job.enqueued_at = datetime.now(timezone.utc)
+    fields: list = []
+    for name, value in job.to_dict().items():
+        if value is not None:
+            fields += [name, value if isinstance(value, (bytes, str)) else str(value)]
+    script = events.connection.register_script(EVENT_ENQUEUE_SCRIPT)
+    held_by = script(keys=[job.key, events.key, events.redis_queues_keys], args=[job.id, *fields])
+    if held_by == 1:
+        return True
+    if held_by != b"unknown" and held_by.decode() not in _FINISHED:
+        return False  # queued, scheduled for a retry or running: that job will do
+    return _enqueue_unique(
+        events, EVENT_JOB, (event_id,), job.id, lambda old, status: status in _FINISHED,
+        retry=EVENT_RETRY, job_timeout=EVENT_JOB_TIMEOUT, description=f"process webhook event {event_id}",
     )

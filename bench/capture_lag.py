@@ -373,7 +373,8 @@ def run_live(lab: Lab, live: int, spread_s: float, measure: float, tail: float, 
 
 
 def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: float,
-               workers: int = 1, limit: float | None = None, concurrency: int = 1, budget: int = 0) -> dict:
+               workers: int = 1, limit: float | None = None, concurrency: int = 1, budget: int = 0,
+               stripe_latency: float = 0.0) -> dict:
     """(b) real orders end to end; P2 is `m=1000, width=1, workers=2, limit=100`: 1,000 orders due
     within one second, two workers, the simulator answering 429 beyond 100 requests/s."""
     from sqlalchemy import text
@@ -393,6 +394,10 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
     engine_workers = [lab.engine_worker(f"sample-{m}-{i}", count=(i + 1) * concurrency, env=env) for i in range(workers)]
     if limit:
         control.set_rate_limit(limit)
+    if stripe_latency:
+        # Stripe answers a capture in a few hundred milliseconds; the simulator at once, unless told.
+        control.set_faults(script=[{"fault": "slow", "method": "POST", "path_contains": "/capture",
+                                    "times": 10 * m, "seconds": stripe_latency}])
     requests_before = control.ledger()["requests"]
     base = time.time() + lead
     deadlines = spread(m, base, width, seed=m + 7)
@@ -413,6 +418,7 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
     ledger = control.ledger()
     if limit:
         control.set_rate_limit(None)
+    control.clear_faults()
     with lab.app.app_context():
         rows = db.session.execute(text("SELECT order_id, status, captured_at FROM payments")).all()
         attempts = db.session.execute(text("SELECT outcome, count(*) FROM capture_attempts GROUP BY outcome")).all()
@@ -425,6 +431,7 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
     return {
         "way": (f"engine end to end (listener + {workers} worker{'s' if workers > 1 else ''}"
                 + (f" × {concurrency}" if concurrency > 1 else "") + (f", budget {budget}/s" if budget else "")
+                + (f", Stripe {stripe_latency * 1000:.0f} ms per capture" if stripe_latency else "")
                 + " + simulator"
                 + (f" at {limit:.0f} req/s)" if limit else ")")),
         "n": m,
@@ -432,6 +439,7 @@ def run_sample(lab: Lab, sim_url: str, m: int, lead: float, width: float, tail: 
         "workers": workers,
         "worker_concurrency": concurrency,
         "budget_rps": budget,
+        "stripe_latency_s": stripe_latency,
         "limit_rps": limit,
         "committed": lag_stats(pairs),
         "attempts": {k: v for k, v in attempts},
@@ -456,6 +464,8 @@ def main() -> int:
     parser.add_argument("--sample-concurrency", default="1",
                         help="comma-separated WORKER_CONCURRENCY values for (b), each a run (e.g. 1,4)")
     parser.add_argument("--sample-budget", type=int, default=0, help="(b)'s STRIPE_MAX_REQUESTS_PER_SECOND")
+    parser.add_argument("--sample-stripe-latency", type=float, default=0.0,
+                        help="(b): seconds the simulator takes to answer each capture (Stripe's own latency)")
     parser.add_argument("--skip", default="", help="comma-separated ways to skip: engine,expired,rq,sample")
     parser.add_argument("--listeners", default="1",
                         help="comma-separated listener copies for the engine way (P1b: 1,2,3); each is a run")
@@ -513,7 +523,8 @@ def main() -> int:
                     results.append(run_sample(lab, sim_url, sample, 1.5 if args.quick else 5.0,
                                               args.sample_window or (2.0 if args.quick else 20.0), tail + 10,
                                               workers=args.sample_workers, limit=args.sample_limit,
-                                              concurrency=concurrency, budget=args.sample_budget))
+                                              concurrency=concurrency, budget=args.sample_budget,
+                                              stripe_latency=args.sample_stripe_latency))
 
     rows = []
     for res in results:

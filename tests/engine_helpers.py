@@ -18,6 +18,57 @@ def drain_queues(app) -> None:
         worker.work(burst=True, logging_level="WARNING")
 
 
+def process_queued_events(app) -> int:
+    """Run the queued webhook-event jobs now, as a worker would (only the `events` queue: what they
+    queue in turn, captures and notices, stays queued as after a delivery processed inline).
+    Returns how many jobs ran."""
+    from app.queues import EVENT_QUEUE, queue
+
+    with app.app_context():
+        events = queue(EVENT_QUEUE)
+        count = events.count
+        SimpleWorker([events], connection=app.extensions["redis"]).work(burst=True, logging_level="WARNING")
+        return count
+
+
+def run_event_job_here(app, event_id: str) -> bool | None:
+    """Run the event's queued job in this thread (any thread: no RQ worker, whose job timeout needs the
+    main thread's signals), as a worker would: the job's own function. None when no job was queued,
+    else whether it processed the event (False: its handler failed, RQ would retry it, or another
+    attempt held it)."""
+    from rq.job import Job
+
+    from app.queues import EVENT_QUEUE, event_job_id, queue
+    from app.webhooks.processing import ProcessingFailed, process_event
+
+    with app.app_context():
+        events = queue(EVENT_QUEUE)
+        if not events.remove(event_job_id(event_id)):
+            return None
+        Job.fetch(event_job_id(event_id), connection=events.connection).delete()  # taken, as a worker takes it
+        try:
+            return process_event(event_id)
+        except ProcessingFailed:
+            return False
+
+
+def run_event_retries_now(app) -> int:
+    """Move the event jobs RQ scheduled for a retry (after a failure) back onto their queue at once."""
+    from rq.job import Job
+    from rq.registry import ScheduledJobRegistry
+
+    from app.queues import EVENT_QUEUE, queue
+
+    with app.app_context():
+        events = queue(EVENT_QUEUE)
+        registry = ScheduledJobRegistry(queue=events)
+        ids = registry.get_job_ids()
+        for job_id in ids:
+            registry.remove(job_id)
+            events.enqueue_job(Job.fetch(job_id, connection=events.connection))
+        return len(ids)
+
+
 @contextlib.contextmanager
 def running_listeners(app, count: int = 1):
     from app.payments.listener import CaptureListener

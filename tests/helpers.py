@@ -78,6 +78,17 @@ def signed_delivery(client: FlaskClient, event: dict, *, secret: str | None = No
     )
 
 
+def deliver_and_process(client: FlaskClient, event: dict, **kwargs):
+    """Deliver the event signed (`signed_delivery`), then run its queued processing job, as a worker would.
+
+    The endpoint only stores the event and queues its job; the effects come with the worker."""
+    from tests.engine_helpers import process_queued_events
+
+    response = signed_delivery(client, event, **kwargs)
+    process_queued_events(client.application)
+    return response
+
+
 def event_for(event_type: str, object_id: str, event_id: str | None = None, obj: dict | None = None) -> dict:
     """A Stripe-shaped event about one object (handlers retrieve its current state anyway)."""
     import secrets

@@ -17,8 +17,8 @@ import pytest
 from rq.job import Job
 from sqlalchemy import select
 
-from tests.engine_helpers import drain_queues
-from tests.helpers import event_for, paid_cart, place_order, signed_delivery
+from tests.engine_helpers import drain_queues, process_queued_events
+from tests.helpers import deliver_and_process, event_for, paid_cart, place_order, signed_delivery
 from tests.test_dashboard import csrf_from, login, text_of
 from tests.test_order_increases import NO_INCREMENT, _capture, _complete, _edit, _move_deadline, _pending, _placed
 
@@ -154,6 +154,7 @@ def test_webhook_and_complete_racing_write_one_order_placed(app, client, sim_con
     for thread in threads:
         thread.join()
     assert statuses.count(200) == 4
+    process_queued_events(app)  # the worker runs the deliveries' job
     order = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
     assert kinds_of(db_session, order["id"]) == ["order_placed"]
     assert len(queued_notice_jobs(app)) == 1
@@ -162,8 +163,8 @@ def test_webhook_and_complete_racing_write_one_order_placed(app, client, sim_con
 def test_a_redelivered_webhook_writes_no_second_notice(app, client, sim_control, db_session):
     cart, intent = paid_cart(client, sim_control)
     event = event_for("payment_intent.amount_capturable_updated", intent["id"])
-    assert signed_delivery(client, event).status_code == 200
-    assert signed_delivery(client, {**event, "id": event["id"] + "x"}).status_code == 200  # the same change again
+    assert deliver_and_process(client, event).status_code == 200
+    assert deliver_and_process(client, {**event, "id": event["id"] + "x"}).status_code == 200  # the same change again
     order = client.post(f"/store/carts/{cart['id']}/complete").get_json()["order"]
     assert kinds_of(db_session, order["id"]) == ["order_placed"]
 
@@ -286,6 +287,7 @@ def test_a_pending_edit_writes_payment_required_then_order_edited_once_when_webh
     for thread in threads:
         thread.join()
     assert statuses.count(200) == 4
+    process_queued_events(app)  # the worker runs the deliveries' job
     assert kinds_of(db_session, order["id"]) == ["order_placed", "payment_required", "order_edited"]
     [edited] = notices_of(db_session, order["id"], "order_edited")
     assert edited.context["total"] == pending["total"]
@@ -316,8 +318,8 @@ def test_a_captured_payment_reported_again_by_stripe_writes_no_second_receipt(ap
     pi = order["payments"][0]["payment_intent_id"]
     stripe_client(sim.url).v1.payment_intents.capture(pi)  # captured in Stripe's dashboard
     event = event_for("payment_intent.succeeded", pi)
-    assert signed_delivery(client, event).status_code == 200
-    assert signed_delivery(client, {**event, "id": event["id"] + "x"}).status_code == 200
+    assert deliver_and_process(client, event).status_code == 200
+    assert deliver_and_process(client, {**event, "id": event["id"] + "x"}).status_code == 200
     assert kinds_of(db_session, order["id"]) == ["order_placed", "payment_captured"]
 
 
@@ -326,7 +328,7 @@ def test_cancel_writes_order_canceled_once(app, client, sim_control, db_session)
     assert client.post(f"/store/orders/{order['id']}/cancel").status_code == 200
     assert client.post(f"/store/orders/{order['id']}/cancel").status_code == 200
     event = event_for("payment_intent.canceled", order["payments"][0]["payment_intent_id"])
-    assert signed_delivery(client, event).status_code == 200
+    assert deliver_and_process(client, event).status_code == 200
     [canceled] = notices_of(db_session, order["id"], "order_canceled")
     assert canceled.context["released"] == order["total"]
     assert kinds_of(db_session, order["id"]) == ["order_placed", "order_canceled"]

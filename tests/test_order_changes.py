@@ -158,7 +158,7 @@ def test_partial_and_full_refunds_never_exceed_what_was_captured(app, client, si
 def test_charge_refunded_webhook_for_our_refund_adds_no_second_row(app, client, sim_control, settings, db_session):
     from app.models import Payment, Refund
     from app.payments.refunds import refund_order
-    from tests.helpers import event_for, signed_delivery
+    from tests.helpers import deliver_and_process, event_for
 
     order = _captured_order(app, client, sim_control, settings)
     with app.app_context():
@@ -166,7 +166,7 @@ def test_charge_refunded_webhook_for_our_refund_adds_no_second_row(app, client, 
     payment = db_session.query(Payment).one()
     event = event_for("charge.refunded", payment.stripe_charge_id or "ch_x",
                       obj={"payment_intent": payment.stripe_payment_intent_id})
-    assert signed_delivery(client, event).status_code == 200
+    assert deliver_and_process(client, event).status_code == 200
     assert db_session.query(Refund).count() == 1
     assert client.get(f"/store/orders/{order['id']}").get_json()["order"]["refunded_amount"] == 700
 

@@ -354,7 +354,7 @@ def test_r7_cancel_vs_edit_lock_order(app, client, sim, sim_control, monkeypatch
 # deadline's capture also took the first payment's share: more than the total. Now what was
 # captured counts first and the first payment, not needed, is voided.
 def test_r8_a_payment_captured_outside_the_engine_counts_first_at_the_deadline(app, client, sim, sim_control, db_session):
-    from tests.helpers import event_for, signed_delivery, stripe_client
+    from tests.helpers import deliver_and_process, event_for, stripe_client
 
     order = _placed(client, sim_control, quantities=(1,))
     edited = _paid_increase(client, sim_control, order, 4)
@@ -363,7 +363,7 @@ def test_r8_a_payment_captured_outside_the_engine_counts_first_at_the_deadline(a
     total = down.get_json()["order"]["total"]
     second = edited["payments"][1]["payment_intent_id"]
     stripe_client(sim.url).v1.payment_intents.capture(second)  # staff, in Stripe's dashboard
-    assert signed_delivery(client, event_for("payment_intent.succeeded", second)).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.succeeded", second)).status_code == 200
     _move_deadline(app, order["id"], -1)
     _capture(app, order["id"])
     caps = captures_at_stripe(sim_control)

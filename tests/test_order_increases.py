@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from tests.engine_helpers import captures_at_stripe
-from tests.helpers import event_for, paid_cart, product_ids, signed_delivery, stripe_intent
+from tests.helpers import deliver_and_process, event_for, paid_cart, product_ids, stripe_intent
 
 NO_INCREMENT = "pm_card_visa_no_incremental"
 
@@ -133,9 +133,9 @@ def test_the_webhook_applies_the_edit_and_a_redelivery_or_complete_changes_nothi
     pi = pending["payment_intent"]["id"]
     sim_control.confirm(pi)
     event = event_for("payment_intent.amount_capturable_updated", pi)
-    assert signed_delivery(client, event).status_code == 200
+    assert deliver_and_process(client, event).status_code == 200
     assert _order(client, order["id"])["total"] == pending["total"]
-    assert signed_delivery(client, {**event, "id": event["id"] + "x"}).status_code == 200  # Stripe delivers twice
+    assert deliver_and_process(client, {**event, "id": event["id"] + "x"}).status_code == 200  # Stripe delivers twice
     assert _complete(client, order["id"], pending["id"]).get_json()["order"]["total"] == pending["total"]
     db_session.expire_all()
     assert db_session.query(Payment).count() == 2 and db_session.query(OrderChange).count() == 1

@@ -74,3 +74,35 @@ def test_a_copy_of_an_expiry_leaves_a_queued_or_running_capture_alone(app):
         assert enqueue_captures(["order_running", "order_waiting", "order_new"], "expiry") == 1
         assert sorted(captures.get_job_ids()) == [capture_job_id("order_new"), capture_job_id("order_waiting")]
         assert running.get_status(refresh=True) == "started"
+
+
+def test_the_webhook_endpoints_one_round_trip_enqueue_writes_the_job_rq_itself_writes(app):
+    """`enqueue_event_processing`'s script writes, field for field, what `Queue.enqueue(unique=True)` writes,
+    registers the queue as RQ does, and queues an id once."""
+    from rq.utils import import_attribute
+
+    from app import jobs
+    from app.log import trace
+    from app.queues import (
+        EVENT_JOB, EVENT_JOB_TIMEOUT, EVENT_QUEUE, EVENT_RETRY, FAILED_JOB_TTL, enqueue_event_processing,
+        event_job_id, queue,
+    )
+
+    assert import_attribute(EVENT_JOB) is jobs.process_event_job
+    with app.app_context():
+        events = queue(EVENT_QUEUE)
+        with trace("trace-x"):
+            events.enqueue(EVENT_JOB, "evt_by_rq", job_id=event_job_id("evt_by_rq"), unique=True, result_ttl=0,
+                           failure_ttl=FAILED_JOB_TTL, meta={"trace_id": "trace-x"}, retry=EVENT_RETRY,
+                           job_timeout=EVENT_JOB_TIMEOUT, description="process webhook event evt_by_rq")
+            assert enqueue_event_processing("evt_by_script") is True
+            assert enqueue_event_processing("evt_by_script") is False  # queued already: one job
+        by_rq = events.connection.hgetall(f"rq:job:{event_job_id('evt_by_rq')}")
+        by_script = events.connection.hgetall(f"rq:job:{event_job_id('evt_by_script')}")
+        assert events.get_job_ids() == [event_job_id("evt_by_rq"), event_job_id("evt_by_script")]
+        assert events.connection.sismember("rq:queues", events.key)
+
+    assert set(by_script) == set(by_rq)
+    differing = {field for field in by_rq if by_rq[field] != by_script[field]}
+    assert differing - {f.encode() for f in TIMESTAMPS} <= {b"data", b"description"}
+    assert by_script[b"status"] == b"queued" and by_script[b"origin"] == EVENT_QUEUE.encode()

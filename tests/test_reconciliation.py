@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.conftest import WEBHOOK_SECRET
+from tests.engine_helpers import process_queued_events
 from tests.helpers import paid_cart, place_order, stripe_client
 
 DAY = 24 * 3600
@@ -92,6 +93,7 @@ def test_an_event_the_webhook_already_delivered_is_counted_not_processed(
     sim_control.add_webhook(f"{live_server}/webhooks/stripe", WEBHOOK_SECRET)
     paid_cart(client, sim_control)
     assert sim.wait_for_webhooks()
+    process_queued_events(app)  # the worker
     assert db_session.query(Order).count() == 1
     stored = {row.id: row.attempts for row in db_session.query(WebhookEvent).all()}
 

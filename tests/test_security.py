@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from tests.helpers import new_cart, place_order, product_ids, signed_delivery, event_for
+from tests.helpers import deliver_and_process, event_for, new_cart, place_order, product_ids
 
 
 def test_security_headers_on_api_responses(client):
@@ -64,7 +64,7 @@ def test_secrets_never_reach_the_logs(app, client, sim_control, caplog):
 
     caplog.set_level(logging.DEBUG)
     order = place_order(client, sim_control)
-    signed_delivery(client, event_for("payment_intent.canceled", "pi_unknown"))
+    deliver_and_process(client, event_for("payment_intent.canceled", "pi_unknown"))
     client.get(f"/store/orders/{order['id']}")
     formatter = JsonFormatter()
     text = "\n".join(formatter.format(record) for record in caplog.records)

@@ -6,7 +6,10 @@ import time
 import pytest
 
 from tests.conftest import WEBHOOK_SECRET
-from tests.helpers import event_for, paid_cart, place_order, signed_delivery, stripe_client, stripe_intent
+from tests.engine_helpers import process_queued_events, run_event_retries_now
+from tests.helpers import (
+    deliver_and_process, event_for, paid_cart, place_order, signed_delivery, stripe_client, stripe_intent,
+)
 
 
 def _count(db_session, model):
@@ -61,8 +64,8 @@ def test_authorization_webhook_places_the_order_and_a_duplicate_returns_early(cl
 
     cart, intent = paid_cart(client, sim_control)
     event = event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_auth_1")
-    first = signed_delivery(client, event, headers={"X-Request-Id": "trace-first"})
-    second = signed_delivery(client, event)
+    first = deliver_and_process(client, event, headers={"X-Request-Id": "trace-first"})
+    second = deliver_and_process(client, event)
     assert first.status_code == 200 and first.get_json()["duplicate"] is False
     assert second.status_code == 200 and second.get_json()["duplicate"] is True
     assert _count(db_session, Order) == 1 and _count(db_session, Payment) == 1
@@ -80,8 +83,8 @@ def test_capture_made_in_stripes_dashboard_is_recorded_once(client, sim, sim_con
     payment = db_session.query(Payment).one()
     stripe_client(sim.url).v1.payment_intents.capture(payment.stripe_payment_intent_id, params={"amount_to_capture": 1000})
     event = event_for("payment_intent.succeeded", payment.stripe_payment_intent_id)
-    assert signed_delivery(client, event).status_code == 200
-    assert signed_delivery(client, event_for("payment_intent.succeeded", payment.stripe_payment_intent_id)).status_code == 200
+    assert deliver_and_process(client, event).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.succeeded", payment.stripe_payment_intent_id)).status_code == 200
     body = client.get(f"/store/orders/{order['id']}").get_json()["order"]
     assert body["captured_amount"] == 1000 and body["status"] == "completed"
     # Less than the order's total: recorded as Stripe has it, never shown as a plain success.
@@ -96,8 +99,8 @@ def test_succeeded_before_amount_capturable_updated_still_gives_one_captured_ord
 
     cart, intent = paid_cart(client, sim_control)
     stripe_client(sim.url).v1.payment_intents.capture(intent["id"])
-    assert signed_delivery(client, event_for("payment_intent.succeeded", intent["id"])).status_code == 200
-    assert signed_delivery(client, event_for("payment_intent.amount_capturable_updated", intent["id"])).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.succeeded", intent["id"])).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.amount_capturable_updated", intent["id"])).status_code == 200
     order = db_session.query(Order).one()
     body = client.get(f"/store/orders/{order.id}").get_json()["order"]
     assert body["payment_status"] == "captured" and body["captured_amount"] == cart["total"]
@@ -113,7 +116,7 @@ def test_canceled_authorization_cancels_the_order_and_its_capture_intent(app, cl
         assert get_redis().exists(f"capture_intent:{order['id']}") == 1
     payment = db_session.query(Payment).one()
     sim_control.expire(payment.stripe_payment_intent_id)
-    assert signed_delivery(client, event_for("payment_intent.canceled", payment.stripe_payment_intent_id)).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.canceled", payment.stripe_payment_intent_id)).status_code == 200
     body = client.get(f"/store/orders/{order['id']}").get_json()["order"]
     assert body["status"] == "canceled" and body["payment_status"] == "canceled"
     assert body["capture"]["status"] == "canceled"
@@ -125,7 +128,7 @@ def test_payment_failed_is_recorded_with_stripes_reason(client, sim_control, db_
     from app.models import PaymentSession
 
     _, intent = paid_cart(client, sim_control, card="pm_card_chargeDeclined")
-    assert signed_delivery(client, event_for("payment_intent.payment_failed", intent["id"])).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.payment_failed", intent["id"])).status_code == 200
     session = db_session.query(PaymentSession).one()
     assert session.status == "error" and "generic_decline" in session.last_error
 
@@ -137,10 +140,10 @@ def test_refund_made_at_stripe_is_recorded_once_per_refund_id(client, sim, sim_c
     payment = db_session.query(Payment).one()
     stripe = stripe_client(sim.url)
     stripe.v1.payment_intents.capture(payment.stripe_payment_intent_id)
-    signed_delivery(client, event_for("payment_intent.succeeded", payment.stripe_payment_intent_id))
+    deliver_and_process(client, event_for("payment_intent.succeeded", payment.stripe_payment_intent_id))
     refund = stripe.v1.refunds.create(params={"payment_intent": payment.stripe_payment_intent_id, "amount": 500})
     for _ in range(2):
-        response = signed_delivery(client, event_for("charge.refunded", refund.charge, obj={"payment_intent": payment.stripe_payment_intent_id}))
+        response = deliver_and_process(client, event_for("charge.refunded", refund.charge, obj={"payment_intent": payment.stripe_payment_intent_id}))
         assert response.status_code == 200
     assert _count(db_session, Refund) == 1
     body = client.get(f"/store/orders/{order['id']}").get_json()["order"]
@@ -158,13 +161,14 @@ def test_customer_paying_twice_gets_the_second_authorization_voided(client, sim,
         params={"amount": cart["total"], "currency": "usd", "capture_method": "manual", "metadata": {"cart_id": cart["id"]}}
     )
     sim_control.confirm(second.id)
-    assert signed_delivery(client, event_for("payment_intent.amount_capturable_updated", second.id)).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.amount_capturable_updated", second.id)).status_code == 200
     assert stripe_intent(sim.url, second.id)["status"] == "canceled"
     assert stripe_intent(sim.url, intent["id"])["status"] == "requires_capture"
     assert _count(db_session, Order) == 1
 
 
-def test_failing_handler_answers_500_then_the_redelivery_succeeds(client, sim_control, db_session, monkeypatch):
+def test_failing_handler_is_retried_by_the_worker_and_a_redelivery_answers_500_if_it_fails_again(
+        app, client, sim_control, db_session, monkeypatch):
     from app.models import Order, WebhookEvent
     from app.webhooks import handlers
 
@@ -174,23 +178,105 @@ def test_failing_handler_answers_500_then_the_redelivery_succeeds(client, sim_co
 
     def flaky(event):
         calls.append(event["id"])
-        if len(calls) == 1:
+        if len(calls) <= 2:
             raise RuntimeError("database hiccup")
         real(event)
 
     monkeypatch.setitem(handlers.HANDLERS, "payment_intent.amount_capturable_updated", flaky)
     event = event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_flaky")
-    failed = signed_delivery(client, event)
-    assert failed.status_code == 500
+    # Stored and queued: 200 at once, the handler runs in the worker.
+    first = deliver_and_process(client, event)
+    assert first.status_code == 200 and first.get_json() == {"received": True, "duplicate": False}
     row = db_session.get(WebhookEvent, "evt_flaky")
-    assert row.processed_at is None and "database hiccup" in row.last_error
+    assert row.processed_at is None and "database hiccup" in row.last_error and row.attempts == 1
     assert _count(db_session, Order) == 0
-    retried = signed_delivery(client, event)
-    assert retried.status_code == 200
+    # Stripe redelivers after that failed attempt: processed in the request as before, 500 when it fails again.
+    redelivered = signed_delivery(client, event)
+    assert redelivered.status_code == 500 and redelivered.get_json()["error"]["code"] == "processing_failed"
+    assert _count(db_session, Order) == 0
+    # RQ's retry (with backoff; run now) succeeds.
+    assert run_event_retries_now(app) == 1
+    assert process_queued_events(app) == 1
     db_session.expire_all()
     row = db_session.get(WebhookEvent, "evt_flaky")
-    assert row.processed_at is not None and row.last_error is None and row.attempts == 2
+    assert row.processed_at is not None and row.last_error is None and row.attempts == 3
     assert _count(db_session, Order) == 1
+    assert signed_delivery(client, event).get_json() == {"received": True, "duplicate": True}
+
+
+def test_the_request_only_stores_the_event_and_the_worker_places_the_order(app, client, sim_control, db_session):
+    from app.models import Order, WebhookEvent
+
+    cart, intent = paid_cart(client, sim_control)
+    event = event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_off_path")
+    response = signed_delivery(client, event)
+    assert response.status_code == 200 and response.get_json() == {"received": True, "duplicate": False}
+    assert _count(db_session, Order) == 0  # not placed by the request
+    row = db_session.get(WebhookEvent, "evt_off_path")
+    assert row.processed_at is None and row.processing_started_at is None and row.attempts == 0
+    from app.queues import EVENT_QUEUE, event_job_id, queue
+
+    with app.app_context():
+        assert queue(EVENT_QUEUE).get_job_ids() == [event_job_id("evt_off_path")]
+    assert process_queued_events(app) == 1
+    assert _count(db_session, Order) == 1
+    db_session.expire_all()
+    row = db_session.get(WebhookEvent, "evt_off_path")
+    assert row.processed_at is not None and row.attempts == 1
+    assert db_session.query(Order).one().cart_id == cart["id"]
+
+
+def test_redis_down_at_enqueue_still_answers_200_and_the_sweep_processes_the_event(
+        app, client, sim_control, db_session, monkeypatch):
+    from datetime import timedelta
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.models import Order, WebhookEvent
+    from app.models.base import utcnow
+    from app.payments.sweep import sweep
+    from app.webhooks import processing
+
+    _, intent = paid_cart(client, sim_control)
+
+    def redis_down(event_id):
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(processing, "enqueue_event_processing", redis_down, raising=False)
+    event = event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_no_redis")
+    response = signed_delivery(client, event)
+    assert response.status_code == 200 and response.get_json()["duplicate"] is False
+    assert db_session.get(WebhookEvent, "evt_no_redis").processed_at is None
+    monkeypatch.undo()
+    assert process_queued_events(app) == 0 and _count(db_session, Order) == 0  # no job exists
+    with app.app_context():
+        sweep()  # within the lease: not yet
+    assert _count(db_session, Order) == 0
+    lease = app.config["ENGINE"].stuck_operation_seconds
+    with app.app_context():
+        sweep(now=utcnow() + timedelta(seconds=lease + 1))
+    assert _count(db_session, Order) == 1
+    db_session.expire_all()
+    assert db_session.get(WebhookEvent, "evt_no_redis").processed_at is not None
+
+
+def test_a_duplicate_delivery_while_the_job_is_queued_answers_200_and_is_processed_once(
+        app, client, sim_control, db_session):
+    from app.models import Order, WebhookEvent
+    from app.queues import EVENT_QUEUE, queue
+
+    _, intent = paid_cart(client, sim_control)
+    event = event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_twice_queued")
+    assert signed_delivery(client, event).get_json() == {"received": True, "duplicate": False}
+    again = signed_delivery(client, event)
+    assert again.status_code == 200 and again.get_json() == {"received": True, "duplicate": True}
+    with app.app_context():
+        assert queue(EVENT_QUEUE).count == 1  # one job (its id is the event's)
+    assert process_queued_events(app) == 1
+    assert _count(db_session, Order) == 1 and _count(db_session, WebhookEvent) == 1
+    assert db_session.get(WebhookEvent, "evt_twice_queued").attempts == 1
+    assert signed_delivery(client, event).get_json() == {"received": True, "duplicate": True}
+    assert process_queued_events(app) == 0  # a redelivery of a processed event queues nothing
 
 
 def test_operator_lists_failed_events_and_replays_one(client, runner, sim_control, monkeypatch, db_session):
@@ -204,7 +290,7 @@ def test_operator_lists_failed_events_and_replays_one(client, runner, sim_contro
         raise RuntimeError("downstream outage")
 
     monkeypatch.setitem(handlers.HANDLERS, "payment_intent.amount_capturable_updated", broken)
-    signed_delivery(client, event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_replay"))
+    deliver_and_process(client, event_for("payment_intent.amount_capturable_updated", intent["id"], event_id="evt_replay"))
     listing = runner.invoke(args=["webhooks", "failed"])
     assert "evt_replay" in listing.output and "downstream outage" in listing.output
     monkeypatch.setitem(handlers.HANDLERS, "payment_intent.amount_capturable_updated", real)
@@ -237,6 +323,7 @@ def test_webhook_and_complete_racing_give_one_order(app, client, sim_control, db
     for thread in threads:
         thread.join()
     assert statuses.count(200) == 4
+    process_queued_events(app)
     assert _count(db_session, Order) == 1
 
 
@@ -257,21 +344,22 @@ def test_concurrent_duplicate_deliveries_process_once(app, client, sim_control, 
         thread.start()
     for thread in threads:
         thread.join()
-    # One delivery processes it; one that finds it being processed is told to come back (a 2xx would
-    # end Stripe's retries before the event is done), or finds it done.
-    assert statuses.count(200) >= 1 and set(statuses) <= {200, 409}
+    # Every delivery stores it or finds it stored and waiting for its job: 200 (one job, by its id).
+    assert statuses == [200] * 5
+    assert process_queued_events(app) == 1
     assert _count(db_session, WebhookEvent) == 1 and _count(db_session, Order) == 1
     assert db_session.get(WebhookEvent, "evt_concurrent").attempts == 1
     assert signed_delivery(client, event).get_json() == {"received": True, "duplicate": True}
 
 
-def test_simulator_deliveries_place_orders_without_complete(client, sim, sim_control, live_server, db_session):
+def test_simulator_deliveries_place_orders_without_complete(app, client, sim, sim_control, live_server, db_session):
     from app.models import Order
 
     sim_control.add_webhook(f"{live_server}/webhooks/stripe", WEBHOOK_SECRET)
     cart, _ = paid_cart(client, sim_control)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _count(db_session, Order) == 0:
+        process_queued_events(app)  # the worker
         time.sleep(0.1)
     order = db_session.query(Order).one()
     assert order.cart_id == cart["id"]

@@ -17,12 +17,12 @@ from sqlalchemy import text
 from tests.engine_helpers import captures_at_stripe, queued_capture_ids
 from tests.helpers import (
     add_item,
+    deliver_and_process,
     event_for,
     filled_cart,
     paid_cart,
     place_order,
     product_ids,
-    signed_delivery,
     stripe_intent,
 )
 
@@ -160,7 +160,7 @@ def test_w3_a_new_payment_intent_for_a_changed_cart_never_voids_the_authorizatio
 
     def webhook_places_the_order_first(intent_id):
         # /payment-intent decided the old PaymentIntent is stale; the webhook places its order now.
-        assert signed_delivery(client, event_for("payment_intent.amount_capturable_updated", first["id"])).status_code == 200
+        assert deliver_and_process(client, event_for("payment_intent.amount_capturable_updated", first["id"])).status_code == 200
         return real_cancel_stale(intent_id)
 
     monkeypatch.setattr(payment_intents, "_cancel_stale", webhook_places_the_order_first)
@@ -253,7 +253,7 @@ def test_a_capture_for_less_than_the_total_is_flagged_with_the_difference(app, c
         payment_intent_id = db.session.query(Payment).one().stripe_payment_intent_id
         db.session.remove()
     stripe_client(sim.url).v1.payment_intents.capture(payment_intent_id, params={"amount_to_capture": 500})
-    assert signed_delivery(client, event_for("payment_intent.succeeded", payment_intent_id)).status_code == 200
+    assert deliver_and_process(client, event_for("payment_intent.succeeded", payment_intent_id)).status_code == 200
 
     body = _order(client, order["id"])
     assert body["payment_status"] == "partially_captured" and body["capture"]["status"] == "failed"

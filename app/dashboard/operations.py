@@ -37,6 +37,8 @@ THRESHOLDS = {
     # Captures are quick (one Stripe call); a backlog means too few or stuck workers.
     "queue_captures": (50, 500),
     "queue_default": (100, 1000),
+    # Webhook events waiting for their job: a burst from Stripe drains in seconds; a backlog means too few workers.
+    "queue_events": (500, 5000),
     # A failed capture job used up its retries: someone must look at each one.
     "failed_jobs": (1, 10),
     # Measured in sweep intervals (FALLBACK_SWEEP_INTERVAL_SECONDS): one missed run is amber, three red.

@@ -1,4 +1,4 @@
-"""`POST /webhooks/stripe`: 400 unless signed, 200 once stored, 5xx when processing failed."""
+"""`POST /webhooks/stripe`: 400 unless signed, 200 once stored (and its processing queued), 5xx when a retried processing failed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app.errors import ApiError, ServiceUnavailable
 from app.payments.stripe_gateway import WebhookSignatureError, verify_webhook
-from app.webhooks.processing import ProcessingFailed, receive_event
+from app.webhooks.processing import ProcessingFailed, accept_event
 from app.webhooks.store import is_processed
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -34,7 +34,7 @@ def _check_shape(event: object) -> dict:
 
 @bp.post("/stripe")
 def stripe_webhook():
-    """Verify, store once, process; Stripe retries anything not answered 2xx."""
+    """Verify, store once, queue the processing; Stripe retries anything not answered 2xx."""
     secret = current_app.config["ENGINE"].stripe_webhook_secret
     if not secret:
         raise ServiceUnavailable("The webhook signing secret is not configured.", code="webhook_not_configured")
@@ -50,13 +50,14 @@ def stripe_webhook():
         raise ApiError("The signed body is not valid JSON.", code="malformed_json", status=400) from None
 
     try:
-        receipt = receive_event(event, payload, g.get("trace_id"))
+        receipt = accept_event(event, payload, g.get("trace_id"))
     except ProcessingFailed:
         return jsonify({"error": {"code": "processing_failed", "message": "The event could not be processed; retry later."}}), 500
-    if receipt.handled and not receipt.stored and not receipt.processed and not is_processed(event["id"]):
+    settled = receipt.stored or receipt.processed or receipt.deferred or receipt.done_before
+    if receipt.handled and not settled and not is_processed(event["id"]):
         # Another delivery holds it, or died holding it: a 2xx now would end Stripe's retries before
         # the event is done. Stripe retries; the sweep re-runs it once its lease has run out.
         return jsonify({"error": {"code": "event_in_progress",
                                   "message": "The event is being processed; retry later."}}), 409
-    duplicate = not receipt.processed if receipt.handled else not receipt.stored
+    duplicate = not (receipt.stored or receipt.processed)
     return jsonify({"received": True, "duplicate": duplicate})

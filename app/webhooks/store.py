@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import traceback
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, create_engine, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
 from app.db_tx import write_transaction
 from app.extensions import db
@@ -39,30 +41,84 @@ def _insert_statement(dialect: str):
     return insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
 
 
-def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: bool) -> bool:
+_table = WebhookEvent.__table__
+_ingest_engine_lock = threading.Lock()
+_STATE_STATEMENT = select(_table.c.processed_at, _table.c.attempts).where(_table.c.id == bindparam("id"))
+
+
+def _ingest_connection():
+    """An autocommit connection for the ingest's statements, without the pool's ping on PostgreSQL.
+
+    The app's pool pings at every checkout (`pool_pre_ping`): a round trip as dear as the INSERT
+    itself, the one the durable reference (bench/_bare_app.py) does not pay. This pool of the same
+    database skips it and recycles connections after 5 minutes; a connection the server dropped
+    anyway fails its statement, which `_run` sends once more on a fresh one (the statements are
+    idempotent by the event id).
+    """
+    engine = db.engine
+    if engine.dialect.name != "postgresql":
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    ingest = current_app.extensions.get("webhook_ingest_engine")
+    if ingest is None or ingest.url != engine.url:
+        with _ingest_engine_lock:  # the web process's threads: one pool
+            ingest = current_app.extensions.get("webhook_ingest_engine")
+            if ingest is None or ingest.url != engine.url:
+                ingest = create_engine(engine.url, pool_pre_ping=False, pool_recycle=300, isolation_level="AUTOCOMMIT")
+                current_app.extensions["webhook_ingest_engine"] = ingest
+    return ingest.connect()
+
+
+def dispose_ingest_engine(app) -> None:
+    """Close the ingest pool's connections (with `db.engine.dispose()`, where a process closes the app's)."""
+    ingest = app.extensions.pop("webhook_ingest_engine", None)
+    if ingest is not None:
+        ingest.dispose()
+
+
+def _run(statement, parameters: dict, *, row: bool = False):
+    """Execute one autocommitted statement (once more on a fresh connection if the server had dropped it);
+    its first value, or with `row` its first row."""
+    for attempt in (1, 2):
+        try:
+            with _ingest_connection() as connection:
+                result = connection.execute(statement, parameters)
+                return result.first() if row else result.scalar()
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: bool, claim: bool = False) -> bool:
     """Store a new event in one autocommitted INSERT ... ON CONFLICT DO NOTHING; False for a known id.
 
-    A type some handler acts on is stored claimed (`processing_started_at`, attempt 1) by this
-    very statement, so the delivery that inserted it processes it without another round trip;
-    any other type is stored already processed. One statement is atomic on its own: no BEGIN,
-    no COMMIT (bench/round_trips.py: 2 round trips with the pool's ping, was 4).
+    A type no handler acts on is stored already processed. A type some handler acts on is stored
+    unprocessed: unclaimed for a worker's job to claim (the webhook endpoint), or with `claim`
+    claimed by this very statement (`processing_started_at`, attempt 1), so a caller that processes
+    it at once (reconciliation) needs no claim round trip. One statement is atomic on its own: no
+    BEGIN, no COMMIT, and on PostgreSQL no ping either (`_ingest_connection`): one round trip.
     """
     now = utcnow()
     data_object = (event.get("data") or {}).get("object") or {}
-    engine = db.engine
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        inserted = connection.execute(_insert_statement(engine.dialect.name), {
-            "id": event["id"],
-            "type": event["type"],
-            "payload": payload.decode("utf-8"),
-            "object_id": data_object.get("id") if isinstance(data_object, dict) else None,
-            "trace_id": trace_id,
-            "received_at": now,
-            "processed_at": None if handled else now,
-            "processing_started_at": now if handled else None,
-            "attempts": 1,
-        }).scalar()
+    claimed = handled and claim
+    inserted = _run(_insert_statement(db.engine.dialect.name), {
+        "id": event["id"],
+        "type": event["type"],
+        "payload": payload.decode("utf-8"),
+        "object_id": data_object.get("id") if isinstance(data_object, dict) else None,
+        "trace_id": trace_id,
+        "received_at": now,
+        "processed_at": None if handled else now,
+        "processing_started_at": now if claimed else None,
+        "attempts": 0 if handled and not claimed else 1,
+    })
     return inserted is not None
+
+
+def stored_state(event_id: str) -> tuple[bool, int] | None:
+    """(processed, attempts) of a stored event, read on the ingest's connection (no transaction); None if unknown."""
+    row = _run(_STATE_STATEMENT, {"id": event_id}, row=True)
+    return None if row is None else (row[0] is not None, row[1])
 
 
 def claim_attempt(event_id: str) -> bool:
