@@ -70,10 +70,7 @@ def app(redis_url: str, sim: SimServer, tmp_path_factory):
             upgrade()
         yield application
         with application.app_context():
-            from app.webhooks.store import dispose_ingest_engine
-
             db.engine.dispose()  # close pooled connections before the interpreter exits
-            dispose_ingest_engine(application)
 
 
 @pytest.fixture(autouse=True)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 import traceback
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, create_engine, or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from app.db_tx import write_transaction
+from app.db_tx import single_statement, write_transaction
 from app.extensions import db
 from app.models import WebhookEvent
 from app.models.base import utcnow
@@ -42,45 +41,16 @@ def _insert_statement(dialect: str):
 
 
 _table = WebhookEvent.__table__
-_ingest_engine_lock = threading.Lock()
 _STATE_STATEMENT = select(_table.c.processed_at, _table.c.attempts).where(_table.c.id == bindparam("id"))
 
 
-def _ingest_connection():
-    """An autocommit connection for the ingest's statements, without the pool's ping on PostgreSQL.
-
-    The app's pool pings at every checkout (`pool_pre_ping`): a round trip as dear as the INSERT
-    itself, the one the durable reference (bench/_bare_app.py) does not pay. This pool of the same
-    database skips it and recycles connections after 5 minutes; a connection the server dropped
-    anyway fails its statement, which `_run` sends once more on a fresh one (the statements are
-    idempotent by the event id).
-    """
-    engine = db.engine
-    if engine.dialect.name != "postgresql":
-        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    ingest = current_app.extensions.get("webhook_ingest_engine")
-    if ingest is None or ingest.url != engine.url:
-        with _ingest_engine_lock:  # the web process's threads: one pool
-            ingest = current_app.extensions.get("webhook_ingest_engine")
-            if ingest is None or ingest.url != engine.url:
-                ingest = create_engine(engine.url, pool_pre_ping=False, pool_recycle=300, isolation_level="AUTOCOMMIT")
-                current_app.extensions["webhook_ingest_engine"] = ingest
-    return ingest.connect()
-
-
-def dispose_ingest_engine(app) -> None:
-    """Close the ingest pool's connections (with `db.engine.dispose()`, where a process closes the app's)."""
-    ingest = app.extensions.pop("webhook_ingest_engine", None)
-    if ingest is not None:
-        ingest.dispose()
-
-
 def _run(statement, parameters: dict, *, row: bool = False):
-    """Execute one autocommitted statement (once more on a fresh connection if the server had dropped it);
-    its first value, or with `row` its first row."""
+    """Execute one statement atomic on its own (`single_statement`: autocommitted on PostgreSQL, on a
+    pool without a ping), once more on a fresh connection if the server had dropped the first (the
+    statements are idempotent by the event id); its first value, or with `row` its first row."""
     for attempt in (1, 2):
         try:
-            with _ingest_connection() as connection:
+            with single_statement() as connection:
                 result = connection.execute(statement, parameters)
                 return result.first() if row else result.scalar()
         except DBAPIError as exc:
@@ -96,7 +66,7 @@ def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: 
     unprocessed: unclaimed for a worker's job to claim (the webhook endpoint), or with `claim`
     claimed by this very statement (`processing_started_at`, attempt 1), so a caller that processes
     it at once (reconciliation) needs no claim round trip. One statement is atomic on its own: no
-    BEGIN, no COMMIT, and on PostgreSQL no ping either (`_ingest_connection`): one round trip.
+    BEGIN, no COMMIT, and no ping either (`single_statement`): one round trip.
     """
     now = utcnow()
     data_object = (event.get("data") or {}).get("object") or {}
@@ -116,7 +86,7 @@ def insert_event(event: dict, payload: bytes, trace_id: str | None, *, handled: 
 
 
 def stored_state(event_id: str) -> tuple[bool, int] | None:
-    """(processed, attempts) of a stored event, read on the ingest's connection (no transaction); None if unknown."""
+    """(processed, attempts) of a stored event, read in one autocommitted statement (no transaction); None if unknown."""
     row = _run(_STATE_STATEMENT, {"id": event_id}, row=True)
     return None if row is None else (row[0] is not None, row[1])
 
