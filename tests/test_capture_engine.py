@@ -24,6 +24,12 @@ def _order(client, order_id):
     return client.get(f"/store/orders/{order_id}").get_json()["order"]
 
 
+def _worker_env(app, redis_url, sim, **extra: str) -> dict:
+    """The environment of a `flask worker` process on the test's database, Redis and simulator."""
+    return {**os.environ, "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "REDIS_URL": redis_url,
+            "STRIPE_SECRET_KEY": "sk_test_suite", "STRIPE_API_BASE": sim.url, "SECRET_KEY": "test", **extra}
+
+
 def _payment(db_session):
     from app.models import Payment
 
@@ -292,15 +298,7 @@ def test_worker_killed_mid_capture_gives_one_capture(app, client, sim, sim_contr
         lost_response_seconds=30,
         script=[{"fault": "lost_response", "method": "POST", "path_contains": "/capture", "times": 1}],
     )
-    env = {
-        **os.environ,
-        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-        "REDIS_URL": redis_url,
-        "STRIPE_SECRET_KEY": "sk_test_suite",
-        "STRIPE_API_BASE": sim.url,
-        "STRIPE_TIMEOUT_SECONDS": "60",
-        "SECRET_KEY": "test",
-    }
+    env = _worker_env(app, redis_url, sim, STRIPE_TIMEOUT_SECONDS="60")
     worker = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -416,15 +414,7 @@ def test_a_worker_process_with_concurrency_runs_a_pool_that_captures_each_order_
     time.sleep(1.1)
     with app.app_context():
         assert enqueue_captures([order["id"] for order in orders], "expiry") == 6
-    env = {
-        **os.environ,
-        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-        "REDIS_URL": redis_url,
-        "STRIPE_SECRET_KEY": "sk_test_suite",
-        "STRIPE_API_BASE": sim.url,
-        "SECRET_KEY": "test",
-        "WORKER_CONCURRENCY": "3",
-    }
+    env = _worker_env(app, redis_url, sim, WORKER_CONCURRENCY="3")
     worker = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst"],
                             env=env, capture_output=True, text=True, timeout=120)
     assert worker.returncode == 0, worker.stderr[-2000:]
