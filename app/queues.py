@@ -213,6 +213,19 @@ def _script_calls(queue_key: str, jobs: list[Job]) -> list[tuple[list, list]]:
     return calls
 
 
+def _write_unique_jobs(q: Queue, jobs: list[Job]) -> list:
+    """Write each job unless its id is taken, in one pipelined round trip (the queue registered as
+    RQ registers it, then `UNIQUE_ENQUEUE_SCRIPT` per `ENQUEUE_BATCH` jobs); per job 1 (queued now)
+    or the status of the job that holds its id."""
+    script = q.connection.register_script(UNIQUE_ENQUEUE_SCRIPT)
+    pipe = q.connection.pipeline(transaction=False)
+    pipe.sadd(q.redis_queues_keys, q.key)
+    for start in range(0, len(jobs), ENQUEUE_BATCH):
+        for keys, args in _script_calls(q.key, jobs[start:start + ENQUEUE_BATCH]):
+            script(keys=keys, args=args, client=pipe)
+    return [outcome for batch in pipe.execute()[1:] for outcome in batch]
+
+
 def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool = False) -> int:
     """Many captures in one Redis round trip, with `enqueue_capture`'s exactly-once semantics.
 
@@ -238,17 +251,10 @@ def enqueue_captures(order_ids: list[str], trigger: str, *, replace_stale: bool 
                      if _text(status) not in _LIVE_STATUSES]
         if not order_ids:
             return 0
-    script = connection.register_script(UNIQUE_ENQUEUE_SCRIPT)
-    pipe = connection.pipeline(transaction=False)
-    pipe.sadd(captures.redis_queues_keys, captures.key)
     now = datetime.now(timezone.utc)
     traces = [new_trace_id() for _ in order_ids]  # one trace per expiry, carried by the job
-    for start in range(0, len(order_ids), ENQUEUE_BATCH):
-        jobs = [_capture_job(captures, order_id, trigger, trace_id, now)
-                for order_id, trace_id in zip(order_ids[start:start + ENQUEUE_BATCH], traces[start:start + ENQUEUE_BATCH])]
-        for keys, args in _script_calls(captures.key, jobs):
-            script(keys=keys, args=args, client=pipe)
-    outcomes = [outcome for batch in pipe.execute()[1:] for outcome in batch]
+    outcomes = _write_unique_jobs(captures, [_capture_job(captures, order_id, trigger, trace_id, now)
+                                             for order_id, trace_id in zip(order_ids, traces)])
     queued = 0
     for order_id, trace_id, outcome in zip(order_ids, traces, outcomes):
         with trace(trace_id):
@@ -280,32 +286,14 @@ def event_job_id(event_id: str) -> str:
     return f"event-{event_id}"
 
 
-# KEYS[1] the job's hash, KEYS[2] the queue's list, KEYS[3] RQ's set of queues; ARGV[1] the job id,
-# ARGV[2..] the hash's fields and values. `Queue.enqueue(unique=True)` in one round trip (it takes two:
-# the SADD in a MULTI/EXEC, then its own script), for the webhook endpoint, which queues one job per event.
-# Answers 1 when it queued the job, else the status of the job that holds the id.
-EVENT_ENQUEUE_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status then
-    return status
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return 'unknown'
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], KEYS[2])
-return 1
-"""
-
-
 def enqueue_event_processing(event_id: str) -> bool:
     """Queue the stored webhook event's processing under job id `event-{event_id}`; False if that job is
     already queued, scheduled for a retry or running (the row's claim decides anyway: a second job does nothing).
 
     One Redis round trip, also for a redelivery whose job is still queued: the job RQ would write
-    (`create_job`, `Job.to_dict()`), written by `EVENT_ENQUEUE_SCRIPT`; only an id still held by an
-    earlier finished or failed job goes through `_enqueue_unique`, which replaces it.
+    (`create_job`, `Job.to_dict()`), written by `UNIQUE_ENQUEUE_SCRIPT` as the listener's captures are;
+    only an id still held by an earlier finished or failed job goes through `_enqueue_unique`, which
+    replaces it.
     """
     events = queue(EVENT_QUEUE)
     job = events.create_job(
@@ -314,15 +302,10 @@ def enqueue_event_processing(event_id: str) -> bool:
         description=f"process webhook event {event_id}", status=JobStatus.QUEUED,
     )
     job.enqueued_at = datetime.now(timezone.utc)
-    fields: list = []
-    for name, value in job.to_dict().items():
-        if value is not None:
-            fields += [name, value if isinstance(value, (bytes, str)) else str(value)]
-    script = events.connection.register_script(EVENT_ENQUEUE_SCRIPT)
-    held_by = script(keys=[job.key, events.key, events.redis_queues_keys], args=[job.id, *fields])
-    if held_by == 1:
+    [outcome] = _write_unique_jobs(events, [job])
+    if outcome == 1:
         return True
-    if held_by != b"unknown" and held_by.decode() not in _FINISHED:
+    if _text(outcome) in _LIVE_STATUSES:
         return False  # queued, scheduled for a retry or running: that job will do
     return _enqueue_unique(
         events, EVENT_JOB, (event_id,), job.id, lambda old, status: status in _FINISHED,
